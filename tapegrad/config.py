@@ -1,0 +1,47 @@
+"""One home for every JIT and engine setting (DESIGN invariant 9).
+
+Everything that changes how kernels are compiled or how the tape behaves is
+read here, once, at import. Kernel modules import the flags from this module;
+`tests/test_config.py` rejects hard-coded ``cache=``/``fastmath=`` elsewhere.
+"""
+import os
+import tempfile
+
+#: compile jitted functions with ``cache=True`` (on-disk cache of machine code)
+CACHE = os.environ.get("TAPEGRAD_JIT_CACHE", "1") != "0"
+#: fastmath changes rounding; off so that results follow IEEE like PyTorch
+FASTMATH = False
+#: elements above which a CUDA launch / parallel loop pays off
+PARALLEL_THRESHOLD = 1 << 16
+#: threads per block for CUDA kernels (used by the CUDA backend)
+THREADS_PER_BLOCK = 256
+#: pending records are flushed once this many are waiting (memory stays flat)
+FLUSH_BOUND = 1 << 15
+#: bytes per arena slab; larger tensors get a buffer of their own
+SLAB_BYTES = 1 << 20
+#: TAPEGRAD_DEBUG=1 checks every tape address against live buffers before each jitted call
+DEBUG = os.environ.get("TAPEGRAD_DEBUG", "0") not in ("", "0")
+
+
+def _cache_dir():
+    """Numba's cache needs a writable directory; a read-only install has none
+    next to the sources ("no locator available"), so pick one explicitly."""
+    d = os.environ.get("NUMBA_CACHE_DIR")
+    if d:
+        return d
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.access(here, os.W_OK):
+        return os.path.join(here, "__pycache__", "numba")
+    return os.path.join(tempfile.gettempdir(), "tapegrad-numba-cache")
+
+
+CACHE_DIR = _cache_dir()
+os.environ.setdefault("NUMBA_CACHE_DIR", CACHE_DIR)
+import numba  # noqa: E402  (after NUMBA_CACHE_DIR is set)
+
+numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+
+#: keyword arguments for every CPU @njit in the package
+NJIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True)
+#: keyword arguments for the scalar rules compiled inline into loops
+INLINE = dict(inline="always")

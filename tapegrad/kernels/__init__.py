@@ -1,0 +1,1 @@
+"""Kernels: numeric code only (never imports Tensor). CPU and CUDA twins side by side."""

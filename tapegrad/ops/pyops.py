@@ -1,0 +1,867 @@
+"""Escape records: ops whose forward and VJP run as NumPy, one Python step per record.
+
+Each builder checks its inputs (PyTorch's errors, before anything is
+recorded), allocates the output, and appends an escape record with
+``record(...)``. The replay returns to Python for such a record only.
+
+Views (transpose, permute, reshape of contiguous storage, expand, basic
+indexing, squeeze/unsqueeze) allocate nothing: the output shares the input's
+storage, and a record is appended only when the view takes part in autograd.
+"""
+import numbers
+
+import numpy as np
+
+from .. import _dtype as D
+from ..autograd.grad_mode import _STATE as _GRAD
+from ..tape.tape import TAPE
+from .table import OPS
+
+
+def _T():
+    """The tensor module (imported late: it imports this one)."""
+    import sys
+    return sys.modules[__name__.rsplit(".", 2)[0] + ".tensor"]
+
+
+# ----- the record helper ---------------------------------------------------------
+
+def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True):
+    """Append an escape record computing `out` from tensors `ins`.
+
+    fwd(*in_np) -> array written into out (or None if fwd wrote it itself);
+    bwd(g, out_np, *in_np) -> one gradient (or None) per input."""
+    T = _T()
+    rg = grad and bwd is not None and _GRAD[0] and any(t._rg for t in ins)
+    ivs = [t._view_np() for t in ins]
+    ov = out._view_np()
+
+    def f():
+        r = fwd(*ivs)
+        if r is not None:
+            np.copyto(ov, r, casting="unsafe")
+
+    def b(g):
+        return bwd(g, ov, *ivs)
+
+    prods = [T._producer(t) if (rg and t._rg) else -1 for t in ins]
+    r = TAPE.pyrecord(OPS[name], f, b, [(t._shape, t._dtype.np) for t in ins], (out._shape, out._dtype.np),
+                      out._n, out._dtype.code & 3, out._addr, prods, attrs, saves, grad=rg)
+    if rg:
+        out._rec = r
+        out._rg = True
+    if out._exposed or any(t._exposed for t in ins):
+        TAPE.flush()
+    return out
+
+
+def sum_to(g, shape):
+    """Sum a broadcast gradient back to `shape` (PyTorch's sum_to_size)."""
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, d in enumerate(shape) if d == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+def broadcast_shapes(a, b):
+    try:
+        return np.broadcast_shapes(a, b)
+    except ValueError:
+        # torch's message names the first mismatching (right-aligned) dimension
+        n = max(len(a), len(b))
+        pa, pb = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+        for i in range(n - 1, -1, -1):
+            if pa[i] != pb[i] and pa[i] != 1 and pb[i] != 1:
+                raise RuntimeError(f"The size of tensor a ({pa[i]}) must match the size of tensor b ({pb[i]}) "
+                                   f"at non-singleton dimension {i}") from None
+        raise
+
+
+# ----- elementwise via NumPy (broadcasting, mixed dtypes, integers) ----------------
+
+_NP_UNARY_FLOAT = {"exp", "log", "sin", "cos", "tanh", "sigmoid", "sqrt", "reciprocal", "rpow_scalar"}
+
+
+def _np_rule_b(name):
+    """Vectorised VJP of a unary row from its scalar rule (np.vectorize: the
+    rare non-contiguous or mixed-dtype path)."""
+    from ..kernels import elementwise as E
+    fn = getattr(E, OPS[name].rule + "_b")
+    return np.vectorize(fn, otypes=[np.float64])
+
+
+def unary_py(name, x, c=0.0):
+    T = _T()
+    dt = x._dtype
+    if not dt.is_floating_point and name in _NP_UNARY_FLOAT:
+        return T.unary(name, to_dtype(x, D.float32, hidden=True), c)
+    if name == "clone" and not x._contig:
+        return clone(x)
+    if not x._contig and dt.is_floating_point:
+        return T.unary(name, contiguous(x, hidden=True), c)
+    ref = OPS[name].ref
+    out = T._empty(x._shape, dt)
+    bwd = None
+    if dt.is_floating_point:
+        vb = _np_rule_b(name)
+
+        def bwd(g, o, xv):
+            return (vb(xv, o, g, c),)
+    return record(name, out, [x], lambda xv: ref(xv, c), bwd)
+
+
+_NP_BINARY_B = {
+    "add": lambda x, z, y, g, c: (g, g * c),
+    "sub": lambda x, z, y, g, c: (g, -g * c),
+    "mul": lambda x, z, y, g, c: (g * z, g * x),
+    "div": lambda x, z, y, g, c: (g / z, -g * x / (z * z)),
+    "pow": lambda x, z, y, g, c: (np.where(z == 0, 0.0, g * z * np.power(x, z - 1)),
+                                  np.where((x == 0) & (z >= 0), 0.0, g * y * np.log(np.where(x > 0, x, np.nan)))),
+    "maximum": lambda x, z, y, g, c: (np.where(x == z, g / 2, np.where(x > z, g, 0.0)),
+                                      np.where(x == z, g / 2, np.where(x < z, g, 0.0))),
+    "minimum": lambda x, z, y, g, c: (np.where(x == z, g / 2, np.where(x < z, g, 0.0)),
+                                      np.where(x == z, g / 2, np.where(x > z, g, 0.0))),
+}
+
+
+def result_dtype(name, x, y, scalar=False):
+    dt = D.promote_scalar(x._dtype, y.item()) if scalar else D.result_type(x, y)
+    if name == "div" and not dt.is_floating_point:
+        dt = D.float32
+    return dt
+
+
+def binary_py(name, x, y, c=1.0, scalar=False):
+    """Broadcasting / mixed-dtype / integer path of the binary rows."""
+    T = _T()
+    shape = tuple(broadcast_shapes(x._shape, y._shape))
+    dt = result_dtype(name, x, y, scalar)
+    if name in ("add", "sub") and dt is D.bool_ and name == "sub":
+        raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. Use the `^` "
+                           "or `logical_xor()` operator instead.")
+    ref = OPS[name].ref
+    out = T._empty(shape, dt)
+    npdt = dt.np
+    xs, ys = x._shape, y._shape
+
+    def fwd(xv, yv):
+        with np.errstate(all="ignore"):
+            return ref(xv.astype(npdt, copy=False), yv.astype(npdt, copy=False), c)
+
+    bwd = None
+    if dt.is_floating_point:
+        vjp = _NP_BINARY_B[name]
+
+        def bwd(g, o, xv, yv):
+            with np.errstate(all="ignore"):
+                gx, gy = vjp(xv.astype(npdt, copy=False), yv.astype(npdt, copy=False), o, g, c)
+            gx = sum_to(np.broadcast_to(gx, shape), xs)
+            gy = sum_to(np.broadcast_to(gy, shape), ys)
+            return gx, gy
+    return record(name, out, [x, y], fwd, bwd)
+
+
+def to_dtype(x, dt, hidden=False):
+    T = _T()
+    out = T._empty(x._shape, dt)
+    bwd = (lambda g, o, xv: (g,)) if dt.is_floating_point and x._dtype.is_floating_point else None
+    return record("to_copy", out, [x], lambda xv: xv, bwd, saves=False, attrs={"hidden": hidden})
+
+
+def contiguous(x, hidden=False):
+    T = _T()
+    out = T._empty(x._shape, x._dtype)
+    return record("clone", out, [x], lambda xv: xv, lambda g, o, xv: (g,), saves=False,
+                  attrs={"hidden": hidden})
+
+
+def clone(x):
+    return contiguous(x)
+
+
+# ----- views -------------------------------------------------------------------------
+
+def _view_out(x, res):
+    """A Tensor over the same storage as x, described by NumPy view `res` of x."""
+    T = _T()
+    isz = x._dtype.itemsize
+    addr = res.__array_interface__["data"][0]
+    t = T._wrap(x._base, addr, tuple(res.shape), tuple(s // isz for s in res.strides), x._dtype)
+    t._vc = x._vc
+    t._exposed = x._exposed
+    return t
+
+
+def view_op(name, x, vf, bwd=None):
+    """Apply NumPy view function `vf` to x's storage; record for autograd."""
+    res = vf(x._view_np())
+    out = _view_out(x, res)
+    if x._rg and _GRAD[0]:
+        shape = x._shape
+        if bwd is None:
+            def bwd(g, o, xv):
+                gx = np.zeros(shape, g.dtype)
+                vf(gx)[...] = g
+                return (gx,)
+        record(name, out, [x], lambda xv: None, bwd, saves=False)
+    return out
+
+
+def transpose(x, d0, d1):
+    T = _T()
+    n = x.dim()
+    a, b = T._wrap_dim(d0, n), T._wrap_dim(d1, n)
+    if n == 0:
+        return view_op("transpose", x, lambda v: v)
+    return view_op("transpose", x, lambda v: np.swapaxes(v, a, b))
+
+
+def t(x):
+    if x.dim() > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {x.dim()}D")
+    return view_op("t", x, lambda v: v.T)
+
+
+def permute(x, dims):
+    T = _T()
+    n = x.dim()
+    if len(dims) != n:
+        raise RuntimeError(f"permute(sparse_coo): number of dimensions in the tensor input does not match the "
+                           f"length of the desired ordering of dimensions i.e. input.dim() = {n} is not equal to "
+                           f"len(dims) = {len(dims)}")
+    dims = tuple(T._wrap_dim(d, n) for d in dims)
+    if len(set(dims)) != n:
+        raise RuntimeError("permute(): duplicate dims are not allowed.")
+    return view_op("permute", x, lambda v: np.transpose(v, dims))
+
+
+def _infer_shape(shape, n):
+    shape = list(shape)
+    neg = [i for i, s in enumerate(shape) if s == -1]
+    if len(neg) > 1:
+        raise RuntimeError("only one dimension can be inferred")
+    known = 1
+    for s in shape:
+        if s != -1:
+            if s < 0:
+                raise RuntimeError(f"invalid shape dimension {s}")
+            known *= s
+    if neg:
+        if known == 0 or n % known:
+            raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n}")
+        shape[neg[0]] = n // known
+    elif known != n:
+        raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n}")
+    return tuple(shape)
+
+
+def view(x, shape):
+    shape = _infer_shape(shape, x._n)
+    if not x._contig:
+        raise RuntimeError("view size is not compatible with input tensor's size and stride (at least one "
+                           "dimension spans across two contiguous subspaces). Use .reshape(...) instead.")
+    return view_op("view", x, lambda v: v.reshape(shape), lambda g, o, xv: (g.reshape(xv.shape),))
+
+
+def reshape(x, shape):
+    shape = _infer_shape(shape, x._n)
+    if x._contig:
+        return view_op("view", x, lambda v: v.reshape(shape), lambda g, o, xv: (g.reshape(xv.shape),))
+    c = contiguous(x)
+    return view_op("unsafe_view", c, lambda v: v.reshape(shape), lambda g, o, xv: (g.reshape(xv.shape),))
+
+
+def expand(x, sizes):
+    sizes = tuple(sizes)
+    n = len(sizes)
+    if n < x.dim():
+        raise RuntimeError(f"expand(torch.FloatTensor{{{list(x._shape)}}}, size={list(sizes)}): the number of "
+                           f"sizes provided ({n}) must be greater or equal to the number of dimensions in the "
+                           f"tensor ({x.dim()})")
+    pad = (1,) * (n - x.dim()) + x._shape
+    target = []
+    for i, (s, d) in enumerate(zip(sizes, pad)):
+        if s == -1:
+            s = d
+        if d != 1 and s != d:
+            raise RuntimeError(f"The expanded size of the tensor ({s}) must match the existing size ({d}) at "
+                               f"non-singleton dimension {i}.  Target sizes: {list(sizes)}.  Tensor sizes: "
+                               f"{list(x._shape)}")
+        target.append(s)
+    target = tuple(target)
+    shape = x._shape
+    return view_op("expand", x, lambda v: np.broadcast_to(v, target), lambda g, o, xv: (sum_to(g, shape),))
+
+
+def squeeze(x, dim=None):
+    T = _T()
+    if dim is None:
+        return view_op("squeeze", x, lambda v: v.reshape(tuple(s for s in v.shape if s != 1)),
+                       lambda g, o, xv: (g.reshape(xv.shape),))
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    ds = {T._wrap_dim(d, x.dim()) for d in dims}
+    shape = tuple(s for i, s in enumerate(x._shape) if not (i in ds and s == 1))
+    return view_op("squeeze_dim", x, lambda v: v.reshape(shape), lambda g, o, xv: (g.reshape(xv.shape),))
+
+
+def unsqueeze(x, dim):
+    T = _T()
+    d = T._wrap_dim(dim, x.dim() + 1)
+    return view_op("unsqueeze", x, lambda v: np.expand_dims(v, d), lambda g, o, xv: (g.reshape(xv.shape),))
+
+
+def flatten(x, start_dim=0, end_dim=-1):
+    T = _T()
+    if x.dim() == 0:
+        return reshape(x, (1,))
+    s, e = T._wrap_dim(start_dim, x.dim()), T._wrap_dim(end_dim, x.dim())
+    shape = x._shape[:s] + (int(np.prod(x._shape[s:e + 1])),) + x._shape[e + 1:]
+    return reshape(x, shape)
+
+
+# ----- indexing ------------------------------------------------------------------------
+
+def _np_index(idx):
+    T = _T()
+    if isinstance(idx, tuple):
+        return tuple(_np_index(i) for i in idx)
+    if isinstance(idx, T.Tensor):
+        if idx._dtype.is_floating_point:
+            raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
+        return idx._values()
+    if isinstance(idx, list):
+        return np.asarray([_np_index(i) if isinstance(i, T.Tensor) else i for i in idx])
+    return idx
+
+
+def _is_basic(idx):
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(isinstance(i, (numbers.Integral, slice, type(None), type(Ellipsis))) and not isinstance(i, bool)
+               for i in items)
+
+
+def _fix_msg(e):
+    return str(e).replace("for axis", "for dimension")
+
+
+def getitem(x, idx):
+    T = _T()
+    nidx = _np_index(idx)
+    if _is_basic(nidx):
+        if x.dim() == 0 and nidx not in ((), Ellipsis, None) and not isinstance(nidx, type(None)):
+            if not (isinstance(nidx, tuple) and all(i is None or i is Ellipsis for i in nidx)):
+                raise IndexError("invalid index of a 0-dim tensor. Use `tensor.item()` in Python or "
+                                 "`tensor.item<T>()` in C++ to convert a 0-dim tensor to a number")
+        try:
+            x._view_np()[nidx]
+        except IndexError as e:
+            raise IndexError(_fix_msg(e)) from None
+        items = nidx if isinstance(nidx, tuple) else (nidx,)
+        name = "select" if any(isinstance(i, numbers.Integral) for i in items) else "slice"
+        return view_op(name, x, lambda v: v[nidx])
+    xv = x._values()
+    try:
+        probe = xv[nidx]
+    except IndexError as e:
+        raise IndexError(_fix_msg(e)) from None
+    out = T._empty(tuple(probe.shape), x._dtype)
+    shape = x._shape
+
+    def bwd(g, o, xv):
+        gx = np.zeros(shape, g.dtype)
+        np.add.at(gx, nidx, g)
+        return (gx,)
+    return record("index", out, [x], lambda xv: xv[nidx], bwd)
+
+
+def setitem(x, idx, value):
+    T = _T()
+    nidx = _np_index(idx)
+    if not isinstance(value, T.Tensor):
+        value = T.tensor(value, dtype=x._dtype) if not isinstance(value, np.ndarray) else T.from_numpy(value)
+    try:
+        np.broadcast_to(np.empty(value._shape), np.empty(x._shape)[nidx].shape)
+    except IndexError as e:
+        raise IndexError(_fix_msg(e)) from None
+    except ValueError:
+        raise RuntimeError(f"shape mismatch: value tensor of shape {list(value._shape)} cannot be broadcast to "
+                           f"indexing result of shape {list(np.empty(x._shape)[nidx].shape)}") from None
+    x._vc[0] += 1
+    _inplace_record("index_put", x, [value], lambda xv, vv: _assign(xv, nidx, vv), _setitem_bwd(nidx, x, value))
+
+
+def _assign(xv, nidx, vv):
+    xv[nidx] = vv
+
+
+def _setitem_bwd(nidx, x, value):
+    vshape = value._shape
+
+    def bwd(g, o, vv):
+        gx = g.copy()
+        gv = sum_to(np.broadcast_to(g[nidx], np.empty(o.shape)[nidx].shape), vshape)
+        gx[nidx] = 0
+        return gx, gv
+    return bwd
+
+
+def _inplace_record(name, x, others, fwd_inplace, bwd):
+    """A record that writes x's own storage; x's history moves onto it."""
+    T = _T()
+    rg = _GRAD[0] and (x._rg or any(o._rg for o in others)) and bwd is not None
+    ins = [x] + list(others)
+    ivs = [t._view_np() for t in ins]
+
+    def f():
+        fwd_inplace(*ivs)
+
+    def b(g):
+        return bwd(g, ivs[0], *ivs[1:])
+
+    prods = [T._producer(t) if (rg and t._rg) else -1 for t in ins]
+    old = x._rec
+    r = TAPE.pyrecord(OPS[name], f, b, [(t._shape, t._dtype.np) for t in ins], (x._shape, x._dtype.np),
+                      x._n, x._dtype.code & 3, x._addr, prods, None, True, grad=rg)
+    if rg:
+        x._rec = r
+        x._rg = True
+        if old >= 0:
+            TAPE.release(old)
+    if x._exposed or any(t._exposed for t in others):
+        TAPE.flush()
+    return x
+
+
+def fill_(x, value):
+    x._vc[0] += 1
+
+    def f(xv):
+        xv[...] = value
+    return _inplace_record("copy_", x, [], f, (lambda g, o: (np.zeros_like(g),)) if x._rg else None)
+
+
+def copy_(x, src):
+    T = _T()
+    if not isinstance(src, T.Tensor):
+        src = T.tensor(src)
+    try:
+        np.broadcast_shapes(src._shape, x._shape)
+        if np.broadcast_shapes(src._shape, x._shape) != x._shape:
+            raise ValueError
+    except ValueError:
+        raise RuntimeError(f"The size of tensor a ({x._shape[-1] if x._shape else 1}) must match the size of "
+                           f"tensor b ({src._shape[-1] if src._shape else 1}) at non-singleton dimension "
+                           f"{max(x.dim() - 1, 0)}") from None
+    x._vc[0] += 1
+    xshape, sshape = x._shape, src._shape
+
+    def f(xv, sv):
+        np.copyto(xv, np.broadcast_to(sv, xv.shape), casting="unsafe")
+
+    def bwd(g, o, sv):
+        return np.zeros_like(g), sum_to(g, sshape)
+    return _inplace_record("copy_", x, [src], f, bwd if x._dtype.is_floating_point else None)
+
+
+def inplace(x, name, other, alpha=1):
+    """In-place arithmetic that needs no autograd bookkeeping: a no-grad record into x's storage."""
+    T = _T()
+    x._vc[0] += 1
+    if isinstance(other, T.Tensor):
+        shape = tuple(broadcast_shapes(x._shape, other._shape))
+        if shape != x._shape:
+            raise RuntimeError(f"output with shape {list(x._shape)} doesn't match the broadcast shape "
+                               f"{list(shape)}")
+        ref = OPS[name].ref
+        c = float(alpha)
+
+        def f(xv, ov):
+            np.copyto(xv, ref(xv, ov, c), casting="unsafe")
+        return _inplace_record("copy_", x, [other], f, None)
+    v = other * alpha if name in ("add", "sub") else other
+    if not x._dtype.is_floating_point and isinstance(v, float):
+        raise RuntimeError(f"result type Float can't be cast to the desired output type {_long_name(x._dtype)}")
+    ops = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide}
+
+    def f2(xv):
+        np.copyto(xv, ops[name](xv, v), casting="unsafe")
+    return _inplace_record("copy_", x, [], f2, None)
+
+
+def _long_name(dt):
+    return {"int64": "Long", "int32": "Int", "bool": "Bool", "float32": "Float", "float64": "Double"}[dt.name]
+
+
+# ----- reductions ------------------------------------------------------------------------
+
+def _dims(x, dim):
+    T = _T()
+    if dim is None:
+        return tuple(range(x.dim()))
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    return tuple(sorted({T._wrap_dim(d, x.dim()) for d in dims}))
+
+
+def sum_dim(x, dim=None, keepdim=False, dtype=None, mean=False):
+    T = _T()
+    axes = _dims(x, dim)
+    if mean and not x._dtype.is_floating_point:
+        raise RuntimeError(f"mean(): could not infer output dtype. Input dtype must be either a floating point "
+                           f"or complex dtype. Got: {_long_name(x._dtype)}")
+    odt = D.as_dtype(dtype) or (x._dtype if x._dtype.is_floating_point else D.int64)
+    shape = tuple(1 if i in axes else s for i, s in enumerate(x._shape)) if keepdim else \
+        tuple(s for i, s in enumerate(x._shape) if i not in axes)
+    out = T._empty(shape, odt)
+    xshape = x._shape
+    cnt = int(np.prod([x._shape[i] for i in axes])) if axes else 1
+
+    def fwd(xv):
+        r = np.sum(xv, axis=axes, keepdims=keepdim, dtype=np.float64 if odt.is_floating_point else None)
+        return r / cnt if mean else r
+
+    def bwd(g, o, xv):
+        gg = g if keepdim else np.expand_dims(g, axes) if axes else g
+        gx = np.broadcast_to(gg, xshape)
+        return ((gx / cnt) if mean else gx,)
+    return record("mean_dim" if mean else "sum_dim", out, [x], fwd, bwd, saves=False)
+
+
+def reduce_all(x, name, dtype=None):
+    """sum()/mean() over all elements: jitted for contiguous floats."""
+    T = _T()
+    if name == "mean" and not x._dtype.is_floating_point:
+        return sum_dim(x, None, mean=True)
+    if dtype is not None and D.as_dtype(dtype) is not x._dtype:
+        x = to_dtype(x, D.as_dtype(dtype))
+    if x._dtype.code > 1 or not x._contig or x._n == 0:
+        return sum_dim(x, None, mean=(name == "mean"), dtype=dtype)
+    out = T._empty((), x._dtype)
+    if x._base is not T.ARENA.slab:
+        TAPE.keep_alive(x._base)
+    rg = x._rg and _GRAD[0]
+    T._record(OPS[name].opcode, 0, out, x._addr, x._n, T._producer(x) if rg else -1, -1, 0.0, rg)
+    if x._exposed:
+        TAPE.flush()
+    return out
+
+
+def maxmin_dim(x, dim, keepdim, is_max):
+    T = _T()
+    d = T._wrap_dim(dim, x.dim())
+    if x._n == 0:
+        raise IndexError(f"{'max' if is_max else 'min'}(): Expected reduction dim {d} to have non-zero size.")
+    xv = x._values()
+    idx = np.argmax(xv, axis=d) if is_max else np.argmin(xv, axis=d) if x.dim() else np.array(0)
+    if x.dim() == 0:
+        idx = np.array(0)
+    if keepdim and x.dim():
+        idx = np.expand_dims(idx, d)
+    ind = T.from_numpy(np.ascontiguousarray(idx.astype(np.int64)))
+    ind._exposed = False
+    shape = tuple(idx.shape)
+    out = T._empty(shape, x._dtype)
+    xshape = x._shape
+
+    def fwd(xv):
+        if x.dim() == 0:
+            return xv
+        ii = idx if keepdim else np.expand_dims(idx, d)
+        r = np.take_along_axis(xv, ii, axis=d)
+        return r if keepdim else np.squeeze(r, d)
+
+    def bwd(g, o, xv):
+        gx = np.zeros(xshape, g.dtype)
+        if x.dim() == 0:
+            return (g,)
+        ii = idx if keepdim else np.expand_dims(idx, d)
+        gg = g if keepdim else np.expand_dims(g, d)
+        np.put_along_axis(gx, ii, gg, axis=d)
+        return (gx,)
+    v = record("max_dim" if is_max else "min_dim", out, [x], fwd, bwd)
+    return v, ind
+
+
+def maxmin_all(x, is_max):
+    T = _T()
+    if x._n == 0:
+        raise RuntimeError(f"{'max' if is_max else 'min'}(): Expected reduction dim to be specified for "
+                           f"input.numel() == 0. Specify the reduction dim with the 'dim' argument.")
+    out = T._empty((), x._dtype)
+    shape = x._shape
+
+    def fwd(xv):
+        return xv.max() if is_max else xv.min()
+
+    def bwd(g, o, xv):
+        # NOTE: PyTorch's max()/min() over all elements splits the gradient evenly among ties
+        mask = (xv == o)
+        return (np.where(mask, g / mask.sum(), 0.0).reshape(shape),)
+    return record("max_all" if is_max else "min_all", out, [x], fwd, bwd)
+
+
+# ----- linear algebra --------------------------------------------------------------------
+
+def _mm_shapes(a, b):
+    if a.dim() == 0 or b.dim() == 0:
+        raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are {a.dim()}D and "
+                           f"{b.dim()}D")
+    if a.dim() == 1 and b.dim() == 1:
+        if a._shape[0] != b._shape[0]:
+            raise RuntimeError(f"inconsistent tensor size, expected tensor [{a._shape[0]}] and src "
+                               f"[{b._shape[0]}] to have the same number of elements, but got {a._shape[0]} and "
+                               f"{b._shape[0]} elements respectively")
+        return (), "dot"
+    if a.dim() == 2 and b.dim() == 2:
+        if a._shape[1] != b._shape[0]:
+            raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({a._shape[0]}x{a._shape[1]} and "
+                               f"{b._shape[0]}x{b._shape[1]})")
+        return (a._shape[0], b._shape[1]), "matmul"
+    if a.dim() == 2 and b.dim() == 1:
+        if a._shape[1] != b._shape[0]:
+            raise RuntimeError(f"size mismatch, got input ({a._shape[0]}), mat ({a._shape[0]}x{a._shape[1]}), "
+                               f"vec ({b._shape[0]})")
+        return (a._shape[0],), "mv"
+    if a.dim() == 1 and b.dim() == 2:
+        if a._shape[0] != b._shape[0]:
+            raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied (1x{a._shape[0]} and "
+                               f"{b._shape[0]}x{b._shape[1]})")
+        return (b._shape[1],), "matmul"
+    sa = a._shape if a.dim() > 1 else (1,) + a._shape
+    sb = b._shape if b.dim() > 1 else b._shape + (1,)
+    if sa[-1] != sb[-2]:
+        raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: "
+                           f"[{sb[0] if len(sb) > 2 else 1}, {sa[-1]}] but got: [{sb[0] if len(sb) > 2 else 1}, "
+                           f"{sb[-2]}].")
+    batch = broadcast_shapes(sa[:-2], sb[:-2])
+    shape = tuple(batch) + (sa[-2], sb[-1])
+    if a.dim() == 1:
+        shape = shape[:-2] + shape[-1:]
+    if b.dim() == 1:
+        shape = shape[:-1]
+    return shape, "bmm"
+
+
+def matmul(a, b):
+    T = _T()
+    if not isinstance(b, T.Tensor):
+        raise TypeError(f"matmul(): argument 'other' (position 2) must be Tensor, not {type(b).__name__}")
+    if a._dtype is not b._dtype:
+        raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {_cname(a._dtype)} != "
+                           f"{_cname(b._dtype)}")
+    shape, name = _mm_shapes(a, b)
+    out = T._empty(shape, a._dtype)
+    ash, bsh = a._shape, b._shape
+
+    def fwd(av, bv):
+        return np.matmul(av, bv)
+
+    def bwd(g, o, av, bv):
+        a2 = av[None, :] if av.ndim == 1 else av
+        b2 = bv[:, None] if bv.ndim == 1 else bv
+        g2 = g
+        if av.ndim == 1:
+            g2 = np.expand_dims(g2, -2)
+        if bv.ndim == 1:
+            g2 = np.expand_dims(g2, -1)
+        ga = sum_to(np.matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(ash)
+        gb = sum_to(np.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(bsh)
+        return ga, gb
+    return record(name, out, [a, b], fwd, bwd)
+
+
+def _cname(dt):
+    return {"float32": "float", "float64": "double", "int64": "long int", "int32": "int", "bool": "bool"}[dt.name]
+
+
+def addmm(bias, x, w_t_src, transpose_w=True):
+    """x @ W.T + bias in one record (nn.Linear's AddmmBackward0)."""
+    T = _T()
+    w = w_t_src
+    if x.dim() != 2 or w.dim() != 2 or x._shape[1] != w._shape[1]:
+        a0, a1 = (x._shape + (1,))[:2] if x.dim() >= 2 else (1, x._shape[0])
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({a0}x{a1} and "
+                           f"{w._shape[1] if w.dim() == 2 else w._shape[0]}x{w._shape[0]})")
+    if x._dtype is not w._dtype:
+        raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_long_name(x._dtype)} and "
+                           f"{_long_name(w._dtype)}")
+    shape = (x._shape[0], w._shape[0])
+    out = T._empty(shape, x._dtype)
+    bsh = bias._shape
+
+    def fwd(bv, xv, wv):
+        r = xv @ wv.T
+        r += bv
+        return r
+
+    def bwd(g, o, bv, xv, wv):
+        return sum_to(g, bsh), g @ wv, g.T @ xv
+    return record("addmm", out, [bias, x, w], fwd, bwd)
+
+
+# ----- joining ---------------------------------------------------------------------------
+
+def cat(tensors, dim=0):
+    T = _T()
+    tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
+    ref = tensors[0]
+    d = T._wrap_dim(dim, ref.dim())
+    for i, t in enumerate(tensors):
+        if t.dim() != ref.dim():
+            raise RuntimeError(f"Tensors must have same number of dimensions: got {ref.dim()} and {t.dim()}")
+        for k in range(ref.dim()):
+            if k != d and t._shape[k] != ref._shape[k]:
+                raise RuntimeError(f"Sizes of tensors must match except in dimension {d}. Expected size "
+                                   f"{ref._shape[k]} but got size {t._shape[k]} for tensor number {i} in the list.")
+    dt = ref._dtype
+    for t in tensors[1:]:
+        dt = D.promote(dt, t._dtype)
+    shape = list(ref._shape)
+    shape[d] = sum(t._shape[d] for t in tensors)
+    out = T._empty(tuple(shape), dt)
+    sizes = np.cumsum([t._shape[d] for t in tensors])[:-1]
+
+    def fwd(*vs):
+        return np.concatenate(vs, axis=d)
+
+    def bwd(g, o, *vs):
+        return tuple(np.split(g, sizes, axis=d))
+    return record("cat", out, tensors, fwd, bwd, saves=False)
+
+
+def stack(tensors, dim=0):
+    T = _T()
+    tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError("stack expects a non-empty TensorList")
+    for i, t in enumerate(tensors):
+        if t._shape != tensors[0]._shape:
+            raise RuntimeError(f"stack expects each tensor to be equal size, but got {list(tensors[0]._shape)} at "
+                               f"entry 0 and {list(t._shape)} at entry {i}")
+    d = T._wrap_dim(dim, tensors[0].dim() + 1)
+    dt = tensors[0]._dtype
+    for t in tensors[1:]:
+        dt = D.promote(dt, t._dtype)
+    shape = list(tensors[0]._shape)
+    shape.insert(d, len(tensors))
+    out = T._empty(tuple(shape), dt)
+
+    def fwd(*vs):
+        return np.stack(vs, axis=d)
+
+    def bwd(g, o, *vs):
+        return tuple(np.take(g, i, axis=d) for i in range(len(vs)))
+    return record("stack", out, tensors, fwd, bwd, saves=False)
+
+
+def where(cond, x, y):
+    T = _T()
+    if not isinstance(x, T.Tensor):
+        x = T.full((), x, dtype=y._dtype if isinstance(y, T.Tensor) else D.float32)
+    if not isinstance(y, T.Tensor):
+        y = T.full((), y, dtype=x._dtype)
+    if cond._dtype is not D.bool_:
+        raise RuntimeError(f"where expected condition to be a boolean tensor, but got a tensor with dtype "
+                           f"{_long_name(cond._dtype)}")
+    shape = tuple(broadcast_shapes(broadcast_shapes(cond._shape, x._shape), y._shape))
+    dt = D.result_type(x, y)
+    out = T._empty(shape, dt)
+    xs, ys = x._shape, y._shape
+
+    def fwd(cv, xv, yv):
+        return np.where(cv, xv, yv)
+
+    def bwd(g, o, cv, xv, yv):
+        return None, sum_to(np.where(cv, g, 0.0), xs), sum_to(np.where(cv, 0.0, g), ys)
+    return record("where", out, [cond, x, y], fwd, bwd)
+
+
+# ----- softmax family, clamp ---------------------------------------------------------------
+
+def softmax(x, dim, log=False):
+    T = _T()
+    d = T._wrap_dim(dim, x.dim())
+    if not x._dtype.is_floating_point:
+        x = to_dtype(x, D.float32, hidden=True)
+    out = T._empty(x._shape, x._dtype)
+
+    def fwd(xv):
+        if xv.ndim == 0:
+            return np.zeros_like(xv) if log else np.ones_like(xv)
+        m = np.max(xv, axis=d, keepdims=True)
+        e = xv - m
+        if log:
+            return e - np.log(np.sum(np.exp(e), axis=d, keepdims=True))
+        e = np.exp(e)
+        return e / np.sum(e, axis=d, keepdims=True)
+
+    def bwd(g, o, xv):
+        ax = d if o.ndim else None
+        if log:
+            return (g - np.exp(o) * np.sum(g, axis=ax, keepdims=o.ndim > 0),)
+        return (o * (g - np.sum(g * o, axis=ax, keepdims=o.ndim > 0)),)
+    return record("log_softmax" if log else "softmax", out, [x], fwd, bwd)
+
+
+def clamp(x, lo, hi):
+    T = _T()
+    if lo is None and hi is None:
+        raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+    if isinstance(lo, T.Tensor) or isinstance(hi, T.Tensor):
+        r = x
+        if lo is not None:
+            r = T.maximum(r, lo if isinstance(lo, T.Tensor) else T.full((), lo, dtype=x._dtype))
+        if hi is not None:
+            r = T.minimum(r, hi if isinstance(hi, T.Tensor) else T.full((), hi, dtype=x._dtype))
+        return r
+    if hi is None:
+        return T.unary("clamp_min", x, float(lo)) if x._dtype.is_floating_point else _clamp_np(x, lo, hi)
+    if lo is None:
+        return T.unary("clamp_max", x, float(hi)) if x._dtype.is_floating_point else _clamp_np(x, lo, hi)
+    return _clamp_np(x, lo, hi)
+
+
+def _clamp_np(x, lo, hi):
+    T = _T()
+    out = T._empty(x._shape, x._dtype)
+
+    def fwd(xv):
+        r = xv
+        if lo is not None:
+            r = np.where(r < lo, lo, r)  # nan propagates
+        if hi is not None:
+            r = np.where(r > hi, hi, r)
+        if lo is not None and hi is not None and lo > hi:
+            r = np.full_like(xv, hi)
+        return r
+
+    def bwd(g, o, xv):
+        m = np.ones(xv.shape, bool)
+        if lo is not None:
+            m &= xv >= lo
+        if hi is not None:
+            m &= xv <= hi
+        return (np.where(m, g, 0.0),)
+    return record("clamp", out, [x], fwd, bwd if x._dtype.is_floating_point else None)
+
+
+# ----- non-differentiable (computed at once, output never requires grad) -------------------
+
+def eager(fn, *tensors, dtype=None):
+    """Flush, then compute `fn` over NumPy values into a new tensor."""
+    T = _T()
+    vals = [t._values() if isinstance(t, T.Tensor) else t for t in tensors]
+    r = np.asarray(fn(*vals))
+    if dtype is not None:
+        r = r.astype(dtype.np)
+    elif r.dtype == np.float64 and all(not isinstance(t, T.Tensor) or t._dtype is not D.float64 for t in tensors):
+        r = r.astype(np.float32)
+    t = T.tensor(r, dtype=D.from_numpy_dtype(r.dtype))
+    return t

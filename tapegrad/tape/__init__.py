@@ -1,0 +1,1 @@
+"""The tape: flat columns of records, recording, flushing, replay, lifetime."""
