@@ -622,5 +622,5 @@ Tensor.normal_ = lambda self, mean=0.0, std=1.0: self.copy_(tensor(generator().n
                                                                     dtype=self.dtype))
 Tensor.uniform_ = lambda self, a=0.0, b=1.0: self.copy_(tensor(generator().uniform(a, b, self.shape),
                                                                 dtype=self.dtype))
-Tensor._version = property(lambda self: self._vc[0])
+Tensor._version = property(lambda self: self._version_counter()[0])
 del _n

@@ -19,13 +19,17 @@ _ALIGN = 64  # bytes; every allocation starts on a cache line (SIMD-friendly)
 
 
 class Arena:
-    __slots__ = ("slab", "addr", "off", "size")
+    """Bump allocator over slabs. ``retire`` (set by the tape) is called with
+    every slab that stops being current and with every own buffer, so that
+    pending records whose tensors already died still write into live memory."""
+    __slots__ = ("slab", "addr", "off", "size", "retire")
 
     def __init__(self):
         self.slab = None
         self.addr = 0
         self.off = 0
         self.size = 0
+        self.retire = None
 
     def _new_slab(self, nbytes):
         slab = np.zeros(nbytes, dtype=np.uint8)
@@ -35,9 +39,13 @@ class Arena:
         """Return (base, address) of `nbytes` fresh zeroed bytes that never move."""
         if nbytes > config.SLAB_BYTES >> 2:
             buf, addr = self._new_slab(max(nbytes, 1))
+            if self.retire is not None:
+                self.retire(buf)
             return buf, addr
         off = self.off
         if off + nbytes > self.size:
+            if self.slab is not None and self.retire is not None:
+                self.retire(self.slab)
             self.slab, self.addr = self._new_slab(config.SLAB_BYTES)
             self.size = config.SLAB_BYTES
             off = 0

@@ -70,8 +70,17 @@ class Tensor:
     the storage at any moment: records reading or writing it run at once).
     """
     __slots__ = ("_base", "_addr", "_shape", "_stride", "_dtype", "_n", "_contig", "_rec", "_rg", "_slot",
-                 "_gradt", "_np", "_vc", "_exposed", "_retain", "_node", "_hooks", "_name", "__weakref__")
+                 "__dict__", "__weakref__")
     __array_priority__ = 1000
+    # cold fields live in __dict__ only once set (creating a tensor sets just the slots above)
+    _gradt = None      # .grad (leaves: cached view of the slot buffer; non-leaves: retained grad)
+    _np = None         # cached NumPy view of the storage
+    _vc = None         # version counter, a one-element list shared by views (made on first use)
+    _exposed = False   # NumPy may read/write this storage at any moment: run its records at once
+    _retain = False
+    _node = None       # cached grad_fn Node / AccumulateGrad
+    _hooks = None
+    _name = None
 
     # ----- construction --------------------------------------------------------
     def __new__(cls, *args, **kwargs):
@@ -100,25 +109,21 @@ class Tensor:
         self._rec = -1
         self._rg = False
         self._slot = -1
-        self._gradt = None
-        self._np = None
-        self._vc = [0]
-        self._exposed = False
-        self._retain = False
-        self._node = None
-        self._hooks = None
-        self._name = None
 
     def _init_from(self, src):
-        for s in Tensor.__slots__[:-1]:
+        for s in Tensor.__slots__[:-2]:
             setattr(self, s, getattr(src, s))
+        self.__dict__.update(src.__dict__)
         src._rec = -1  # ownership of the record moves to self
         src._slot = -1
 
     def __del__(self):
         try:
-            if self._rec >= 0:
-                TAPE.release(self._rec)
+            r = self._rec
+            if r >= 0:   # inline Tape.release: this runs for every dying intermediate
+                i = r - TAPE.base
+                if i >= 0:
+                    TAPE.alive[i] = 0
             if self._slot >= 0:
                 TAPE.free_leaf_slot(self._slot)
         except Exception:  # interpreter shutdown
@@ -131,6 +136,12 @@ class Tensor:
         if a is None:
             a = self._np = _view(self._base, self._addr, self._shape, self._stride, self._dtype.np)
         return a
+
+    def _version_counter(self):
+        vc = self._vc
+        if vc is None:
+            vc = self._vc = [0]
+        return vc
 
     def _values(self):
         """Flush pending records, then the NumPy view."""
@@ -407,8 +418,9 @@ class Tensor:
 
     def detach(self):
         t = _wrap(self._base, self._addr, self._shape, self._stride, self._dtype)
-        t._vc = self._vc
-        t._exposed = self._exposed
+        t._vc = self._version_counter()
+        if self._exposed:
+            t._exposed = True
         return t
 
     def detach_(self):
@@ -576,39 +588,38 @@ def _wrap(base, addr, shape, stride, dt):
     t._rec = -1
     t._rg = False
     t._slot = -1
-    t._gradt = None
-    t._np = None
-    t._vc = [0]
-    t._exposed = False
-    t._retain = False
-    t._node = None
-    t._hooks = None
-    t._name = None
     return t
 
 
-def _empty(shape, dt):
+_STRIDES = {}
+
+
+def _strides_of(shape):
+    st = _STRIDES.get(shape)
+    if st is None:
+        st = _STRIDES[shape] = _contig_strides(shape)
+    return st
+
+
+def _empty(shape, dt, n=-1):
     """A fresh contiguous tensor (zeroed memory) in the arena."""
-    n = _numel(shape)
-    t = object.__new__(Tensor)
-    t._base, t._addr = ARENA.alloc(n * dt.itemsize)
+    if n < 0:
+        n = _numel(shape)
+    t = _new(Tensor)
+    t._base, t._addr = _alloc(n * dt.itemsize)
     t._shape = shape
-    t._stride = _contig_strides(shape)
+    t._stride = _strides_of(shape)
     t._dtype = dt
     t._n = n
     t._contig = True
     t._rec = -1
     t._rg = False
     t._slot = -1
-    t._gradt = None
-    t._np = None
-    t._vc = [0]
-    t._exposed = False
-    t._retain = False
-    t._node = None
-    t._hooks = None
-    t._name = None
     return t
+
+
+_new = object.__new__
+_alloc = ARENA.alloc
 
 
 def _wrap_dim(dim, ndim):
@@ -637,40 +648,80 @@ def _keep(t):
         TAPE.keep_alive(b)
 
 
+def _segment_start(tape):
+    """Every 4096 records: a new keep-alive segment, and maybe a lifetime sweep."""
+    tape.last_kept = None
+    if len(tape.C) >= tape.sweep_at:
+        tape.sweep()
+
+
 def _record(opcode, bc, out, a, b_addr, pa, pb, c, rg):
-    """Append one jitted record; out becomes its result."""
+    """Append one jitted record; out becomes its result (the general path)."""
     tape = TAPE
     r = tape.base + len(tape.C)
+    if not r & 4095:
+        _segment_start(tape)
+        r = tape.base + len(tape.C)
     tape.T.extend(((opcode << 5) | (bc << 2) | out._dtype.code, out._n, out._addr, a, b_addr, pa, pb))
     tape.C.append(c)
+    tape.alive.append(1 if rg else 0)
     if rg:
-        tape.rc.append(1)
-        rc, base = tape.rc, tape.base
-        if pa >= 0:
-            rc[pa - base] += 1
-        if pb >= 0:
-            rc[pb - base] += 1
         out._rec = r
         out._rg = True
-    else:
-        tape.rc.append(0)
     if r - tape.flushed >= config.FLUSH_BOUND:
         tape.flush()
     return out
 
 
 def _unary(name, x, c):
-    """A jitted unary record (x: float, contiguous)."""
-    out = _empty(x._shape, x._dtype)
-    if x._base is not ARENA.slab:
-        TAPE.keep_alive(x._base)
-    if x._rg and _GRAD[0]:
-        _record(_OP[name], 0, out, x._addr, 0, _producer(x), -1, c, True)
+    """A jitted unary record (x: float, contiguous). The record path is
+    written out inline: it is the per-op cost of scalar workloads."""
+    dt = x._dtype
+    n = x._n
+    out = _new(Tensor)
+    ar = ARENA
+    nb = (n * dt.itemsize + 15) & ~15
+    off = ar.off
+    if off + nb <= ar.size:          # inline bump allocation (Arena.alloc)
+        ar.off = off + nb
+        base = out._base = ar.slab
+        addr = out._addr = ar.addr + off
     else:
-        _record(_OP[name], 0, out, x._addr, 0, -1, -1, c, False)
-    if x._exposed:
-        TAPE.flush()
+        base, addr = out._base, out._addr = _alloc(nb)
+    out._shape = x._shape
+    out._stride = x._stride
+    out._dtype = dt
+    out._n = n
+    out._contig = True
+    out._slot = -1
+    tape = TAPE
+    r = tape.base + len(tape.C)
+    if not r & 4095:
+        _segment_start(tape)
+        r = tape.base + len(tape.C)   # a sweep may have moved the base
+    b = x._base
+    if b is not base and b is not tape.last_kept:
+        tape.keep_alive(b)
+    if x._rg and _GRAD[0]:
+        pa = x._rec
+        if pa < 0:
+            pa = _producer(x)
+        tape.T.extend(((_OP[name] << 5) | dt.code, n, addr, x._addr, 0, pa, -1))
+        tape.alive.append(1)
+        out._rec = r
+        out._rg = True
+    else:
+        tape.T.extend(((_OP[name] << 5) | dt.code, n, addr, x._addr, 0, -1, -1))
+        tape.alive.append(0)
+        out._rec = -1
+        out._rg = False
+    tape.C.append(c)
+    if x._exposed or r - tape.flushed >= _FLUSH_BOUND:
+        tape.flush()
     return out
+
+
+_FLUSH_BOUND = config.FLUSH_BOUND
 
 
 def unary(name, x, c=0.0):
@@ -708,18 +759,49 @@ def binary(name, x, y, c=1.0):
             shape, bc = ys, 1
         else:
             return P.binary_py(name, x, y, c)
-        out = _empty(shape, dt)
-        if x._base is not ARENA.slab:
-            TAPE.keep_alive(x._base)
-        if y._base is not ARENA.slab:
-            TAPE.keep_alive(y._base)
-        if (x._rg or y._rg) and _GRAD[0]:
-            _record(_OP[name], bc, out, x._addr, y._addr, _producer(x) if x._rg else -1,
-                    _producer(y) if y._rg else -1, c, True)
+        n = x._n if bc != 1 else y._n
+        out = _new(Tensor)
+        ar = ARENA
+        nb = (n * dt.itemsize + 15) & ~15
+        off = ar.off
+        if off + nb <= ar.size:          # inline bump allocation (Arena.alloc)
+            ar.off = off + nb
+            base = out._base = ar.slab
+            addr = out._addr = ar.addr + off
         else:
-            _record(_OP[name], bc, out, x._addr, y._addr, -1, -1, c, False)
-        if x._exposed or y._exposed:
-            TAPE.flush()
+            base, addr = out._base, out._addr = _alloc(nb)
+        out._shape = shape
+        out._stride = x._stride if bc != 1 else y._stride
+        out._dtype = dt
+        out._n = n
+        out._contig = True
+        out._slot = -1
+        tape = TAPE
+        r = tape.base + len(tape.C)
+        if not r & 4095:
+            _segment_start(tape)
+            r = tape.base + len(tape.C)   # a sweep may have moved the base
+        b = x._base
+        if b is not base and b is not tape.last_kept:
+            tape.keep_alive(b)
+        b = y._base
+        if b is not base and b is not tape.last_kept:
+            tape.keep_alive(b)
+        if (x._rg or y._rg) and _GRAD[0]:
+            pa = (x._rec if x._rec >= 0 else _producer(x)) if x._rg else -1
+            pb = (y._rec if y._rec >= 0 else _producer(y)) if y._rg else -1
+            tape.T.extend(((_OP[name] << 5) | (bc << 2) | dt.code, n, addr, x._addr, y._addr, pa, pb))
+            tape.alive.append(1)
+            out._rec = r
+            out._rg = True
+        else:
+            tape.T.extend(((_OP[name] << 5) | (bc << 2) | dt.code, n, addr, x._addr, y._addr, -1, -1))
+            tape.alive.append(0)
+            out._rec = -1
+            out._rg = False
+        tape.C.append(c)
+        if x._exposed or y._exposed or r - tape.flushed >= _FLUSH_BOUND:
+            tape.flush()
         return out
     return P.binary_py(name, x, y, c)
 

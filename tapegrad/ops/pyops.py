@@ -193,7 +193,7 @@ def _view_out(x, res):
     isz = x._dtype.itemsize
     addr = res.__array_interface__["data"][0]
     t = T._wrap(x._base, addr, tuple(res.shape), tuple(s // isz for s in res.strides), x._dtype)
-    t._vc = x._vc
+    t._vc = x._version_counter()
     t._exposed = x._exposed
     return t
 
@@ -392,7 +392,7 @@ def setitem(x, idx, value):
     except ValueError:
         raise RuntimeError(f"shape mismatch: value tensor of shape {list(value._shape)} cannot be broadcast to "
                            f"indexing result of shape {list(np.empty(x._shape)[nidx].shape)}") from None
-    x._vc[0] += 1
+    x._version_counter()[0] += 1
     _inplace_record("index_put", x, [value], lambda xv, vv: _assign(xv, nidx, vv), _setitem_bwd(nidx, x, value))
 
 
@@ -439,7 +439,7 @@ def _inplace_record(name, x, others, fwd_inplace, bwd):
 
 
 def fill_(x, value):
-    x._vc[0] += 1
+    x._version_counter()[0] += 1
 
     def f(xv):
         xv[...] = value
@@ -458,7 +458,7 @@ def copy_(x, src):
         raise RuntimeError(f"The size of tensor a ({x._shape[-1] if x._shape else 1}) must match the size of "
                            f"tensor b ({src._shape[-1] if src._shape else 1}) at non-singleton dimension "
                            f"{max(x.dim() - 1, 0)}") from None
-    x._vc[0] += 1
+    x._version_counter()[0] += 1
     xshape, sshape = x._shape, src._shape
 
     def f(xv, sv):
@@ -472,7 +472,7 @@ def copy_(x, src):
 def inplace(x, name, other, alpha=1):
     """In-place arithmetic that needs no autograd bookkeeping: a no-grad record into x's storage."""
     T = _T()
-    x._vc[0] += 1
+    x._version_counter()[0] += 1
     if isinstance(other, T.Tensor):
         shape = tuple(broadcast_shapes(x._shape, other._shape))
         if shape != x._shape:

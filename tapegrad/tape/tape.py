@@ -28,11 +28,13 @@ from array import array
 import numpy as np
 
 from .. import config
+from ..kernels import lifetime as _lifetime
 from ..kernels import replay_cpu as R
 from ..ops.table import OPS, PY
 from ..storage import ARENA, view
 
 NCOL = 7
+_NO_EDGES = np.zeros(1, np.int64)
 SECOND_TIME = ("Trying to backward through the graph a second time (or directly access saved tensors after "
                "they have already been freed). Saved intermediate values of the graph are freed when you call "
                ".backward() or autograd.grad(). Specify retain_graph=True if you need to backward through the "
@@ -62,12 +64,14 @@ class Tape:
     def __init__(self):
         self.T = array("q")        # row-major records, NCOL ints each
         self.C = array("d")        # float attribute per record
-        self.rc = array("i")       # liveness count per record
+        self.alive = bytearray()   # 1 while the record's output tensor lives (lifetime.sweep)
+        self.sweep_at = 8192       # tape length that triggers the next sweep
         self.edges = array("q")    # producer lists of escape records
         self.base = 0              # global index of physical row 0
         self.flushed = 0           # global index: records below ran forward
         self.py = {}               # global index -> PyRec
         self.keep = {}             # segment -> {id: buffer} kept alive for the records
+        self.last_kept = None      # the buffer most recently kept (cheap identity check on the hot path)
         self.retained = {}         # global index -> tensor whose grad is retained
         self.anomaly = {}          # global index -> traceback (anomaly mode)
         # leaf gradient slots
@@ -88,11 +92,16 @@ class Tape:
         return self.base + len(self.C)
 
     def keep_alive(self, buf):
+        """Keep `buf` alive while records of the current segment (4096
+        records) live. ``last_kept`` lets the hot path skip repeats; it is
+        reset when a new segment starts so each segment keeps its own."""
         seg = self.next_index >> 12
         d = self.keep.get(seg)
         if d is None:
             d = self.keep[seg] = {}
+            self.keep_seg = seg
         d[id(buf)] = buf
+        self.last_kept = buf
 
     def pyrecord(self, spec, fwd, bwd, ins, out, n, dt, out_addr, producers, attrs=None, saves=True, grad=True):
         """Append an escape record; returns its global index."""
@@ -102,10 +111,7 @@ class Tape:
         self.edges.extend(producers)
         self.T.extend(((PY << 5) | dt, n, out_addr, e, 0, -1, -1))
         self.C.append(0.0)
-        self.rc.append(1 if grad else 0)
-        for p in producers:
-            if p >= 0:
-                self.rc[p - self.base] += 1
+        self.alive.append(1 if grad else 0)
         self.py[r] = PyRec(spec, fwd, bwd, ins, out, attrs, saves)
         return r
 
@@ -141,46 +147,35 @@ class Tape:
     def release(self, r):
         """The output tensor of record r died."""
         i = r - self.base
-        if i < 0:
-            return
-        rc = self.rc
-        rc[i] -= 1
-        if rc[i] == 0:
-            self._cascade(i)
+        if i >= 0:
+            self.alive[i] = 0
 
-    def _cascade(self, i):
-        stack = [i]
-        rc, T, base, edges = self.rc, self.T, self.base, self.edges
-        while stack:
-            j = stack.pop()
-            k = j * NCOL
-            if (T[k] >> 5) == PY:
-                e = T[k + 3]
-                prods = edges[e + 1:e + 1 + edges[e]]
-                self.py.pop(j + base, None) if (j + base) < self.flushed else None
-            else:
-                prods = (T[k + 5], T[k + 6])
-            for p in prods:
-                if p >= base:
-                    q = p - base
-                    rc[q] -= 1
-                    if rc[q] == 0:
-                        stack.append(q)
-        if len(self.C) > 4096 and rc[0] == 0:
-            self._compact()
+    def maybe_sweep(self):
+        if len(self.C) >= self.sweep_at:
+            self.sweep()
 
-    def _compact(self):
-        """Drop the longest prefix of records that are dead and already run."""
-        rc = self.rc
-        limit = min(len(rc), self.flushed - self.base)
-        k = 0
-        while k < limit and rc[k] == 0:
-            k += 1
-        if k == 0:
-            return
+    def sweep(self):
+        """Drop the longest prefix of records that are dead and already ran
+        (one jitted pass), so that the tape returns to its floor."""
+        if self.flushed < self.next_index and len(self.C) >= config.FLUSH_BOUND:
+            self.flush()
+        n = len(self.C)
+        if n == 0:
+            return 0
+        T, _ = self.cols()
+        edges = np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES
+        alive = np.frombuffer(self.alive, np.uint8)
+        _, k = _lifetime.sweep(T, alive, edges, self.base, self.flushed - self.base)
+        del T, edges, alive
+        if k:
+            self._drop(int(k))
+        self.sweep_at = max(8192, 2 * len(self.C))
+        return k
+
+    def _drop(self, k):
         self.T = array("q", memoryview(self.T)[k * NCOL:])
         self.C = array("d", memoryview(self.C)[k:])
-        self.rc = array("i", memoryview(self.rc)[k:])
+        self.alive = self.alive[k:]
         self.base += k
         base = self.base
         for g in [g for g in self.py if g < base]:
@@ -189,6 +184,7 @@ class Tape:
             del self.keep[seg]
         for g in [g for g in self.retained if g < base]:
             del self.retained[g]
+        self.last_kept = None
         if not self.C:
             self.edges = array("q")
         still = []
@@ -227,12 +223,6 @@ class Tape:
         self.leaf_owner[s] = None
         self.leaf_state[s] = 0
         self.leaf_dying.append((self.next_index, s))
-        if not self.C:
-            self._compact_leaves()
-
-    def _compact_leaves(self):
-        self.leaf_free.extend(s for _, s in self.leaf_dying)
-        self.leaf_dying = []
 
     def leaf_view(self, s, shape, npdt):
         n = 1
@@ -285,10 +275,13 @@ class Tape:
                 if base <= g <= root and gaddr[g - base]:
                     t._accumulate_retained(self._grad_view(gaddr, g - base, t.shape, t.dtype.np).copy())
             if not retain_graph:
-                for j in idx:
-                    k = (j + lo - base)
-                    if _HAS_SAVES[T[k, 0] >> 5] and (T[k, 0] >> 5 != PY or self.py[k + base].saves):
-                        T[k, 0] |= 16
+                k = idx + (lo - base)
+                codes = T[k, 0]
+                ops = codes >> 5
+                sel = _HAS_SAVES[ops] != 0
+                for j in np.nonzero(ops == PY)[0]:   # escape records say themselves whether they save
+                    sel[j] = self.py[int(k[j]) + base].saves
+                T[k[sel], 0] = codes[sel] | 16
         finally:
             del T, C, la, ls, ln
             self._scratch = None
@@ -324,3 +317,4 @@ class Tape:
 
 
 TAPE = Tape()
+ARENA.retire = TAPE.keep_alive

@@ -1,0 +1,44 @@
+"""Jitted tape lifetime: which records are still needed.
+
+A record is live while its output tensor lives (``alive[i] == 1``, cleared by
+``Tensor.__del__``) or while a live record that needs gradients reads it
+(its producer codes). One reverse sweep over the tape finds them all, so the
+per-op cost of lifetime tracking is one byte appended and one byte cleared
+(measured: per-record reference counts cost ~0.3 us per op in Python).
+"""
+import numpy as np
+from numba import njit
+
+from ..config import NJIT
+
+_PY = 1
+
+
+@njit(**NJIT)
+def sweep(T, alive, edges, base, flushed_phys):  # pragma: no cover
+    """live[i] for every physical record; returns (live, length of the dead
+    prefix that has already run forward and can be dropped)."""
+    n = T.shape[0]
+    live = np.zeros(n, np.uint8)
+    for i in range(n - 1, -1, -1):
+        if alive[i]:
+            live[i] = 1
+        if live[i] == 0:
+            continue
+        if (T[i, 0] >> 5) == _PY:
+            e = T[i, 3]
+            for q in range(edges[e]):
+                p = edges[e + 1 + q]
+                if p >= base:
+                    live[p - base] = 1
+        else:
+            p = T[i, 5]
+            if p >= base:
+                live[p - base] = 1
+            p = T[i, 6]
+            if p >= base:
+                live[p - base] = 1
+    k = 0
+    while k < n and k < flushed_phys and live[k] == 0:
+        k += 1
+    return live, k
