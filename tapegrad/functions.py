@@ -14,7 +14,7 @@ import numpy as np
 from . import _dtype as D
 from .ops import pyops as P
 from .random import generator
-from .tensor import Tensor, _FLOATS, binary, full, pow, tensor, unary
+from .tensor import _FLOATS, _JIT_BINARY, Tensor, binary, full, make_unary_front, pow, tensor, unary
 
 __all__ = []
 
@@ -31,12 +31,8 @@ def _check_tensor(x, fname, pos=1, arg="input"):
 
 # ----- unary rows ----------------------------------------------------------------
 
-def _make_unary(name, float_only=False):
-    def fn(input):
-        _check_tensor(input, name)
-        return unary(name, input)
-    fn.__name__ = name
-    fn.__qualname__ = name
+def _make_unary(name):
+    fn = make_unary_front(name)
     fn.__doc__ = f"torch.{name}: the `{name}` row of the op table."
     return fn
 
@@ -580,13 +576,13 @@ Tensor.view_as = lambda self, other: P.view(self, other.shape)
 Tensor.reshape_as = lambda self, other: P.reshape(self, other.shape)
 Tensor.repeat = lambda self, *sizes: P.eager(lambda v: np.tile(v, _shape_of(sizes)), self, dtype=self.dtype)
 Tensor.__getitem__ = lambda self, idx: P.getitem(self, idx)
-Tensor.__add__ = lambda self, other: binary("add", self, other)
-Tensor.__radd__ = lambda self, other: binary("add", self, other)
-Tensor.__sub__ = lambda self, other: binary("sub", self, other)
+Tensor.__add__ = _JIT_BINARY["add"]
+Tensor.__radd__ = _JIT_BINARY["add"]
+Tensor.__sub__ = _JIT_BINARY["sub"]
 Tensor.__rsub__ = lambda self, other: rsub(self, other)
-Tensor.__mul__ = lambda self, other: binary("mul", self, other)
-Tensor.__rmul__ = lambda self, other: binary("mul", self, other)
-Tensor.__truediv__ = lambda self, other: binary("div", self, other)
+Tensor.__mul__ = _JIT_BINARY["mul"]
+Tensor.__rmul__ = _JIT_BINARY["mul"]
+Tensor.__truediv__ = _JIT_BINARY["div"]
 Tensor.__rtruediv__ = lambda self, other: reciprocal(self) * other  # noqa: F821  (torch: MulBackward0 <- ReciprocalBackward0)
 Tensor.__pow__ = lambda self, other: pow(self, other)
 Tensor.__rpow__ = lambda self, other: pow(other, self)

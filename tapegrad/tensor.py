@@ -26,7 +26,7 @@ from .autograd.grad_mode import _STATE as _GRAD
 from .ops import pyops as P
 from .ops.table import OPS
 from .storage import ARENA, root_of, view as _view
-from .tape.tape import TAPE
+from .tape.tape import ALIVE as _ALIVE, PACK as _PACK, ROW as _ROW, TAPE
 
 _OP = {name: spec.opcode for name, spec in OPS.items()}
 _FLOATS = (D.float32, D.float64)
@@ -69,7 +69,7 @@ class Tensor:
     leaf's gradient slot, -1 until first used), ``_exposed`` (NumPy may touch
     the storage at any moment: records reading or writing it run at once).
     """
-    __slots__ = ("_base", "_addr", "_shape", "_stride", "_dtype", "_n", "_contig", "_rec", "_rg", "_slot",
+    __slots__ = ("_base", "_addr", "_shape", "_stride", "_dtype", "_n", "_contig", "_rec", "_rg",
                  "__dict__", "__weakref__")
     __array_priority__ = 1000
     # cold fields live in __dict__ only once set (creating a tensor sets just the slots above)
@@ -81,6 +81,7 @@ class Tensor:
     _node = None       # cached grad_fn Node / AccumulateGrad
     _hooks = None
     _name = None
+    _slot = -1         # a leaf's gradient slot (tape.py), made when the leaf is first used
 
     # ----- construction --------------------------------------------------------
     def __new__(cls, *args, **kwargs):
@@ -108,7 +109,6 @@ class Tensor:
         self._contig = True
         self._rec = -1
         self._rg = False
-        self._slot = -1
 
     def _init_from(self, src):
         for s in Tensor.__slots__[:-2]:
@@ -123,7 +123,7 @@ class Tensor:
             if r >= 0:   # inline Tape.release: this runs for every dying intermediate
                 i = r - TAPE.base
                 if i >= 0:
-                    TAPE.alive[i] = 0
+                    TAPE.buf[i * _ROW + _ALIVE] = 0
             if self._slot >= 0:
                 TAPE.free_leaf_slot(self._slot)
         except Exception:  # interpreter shutdown
@@ -587,7 +587,6 @@ def _wrap(base, addr, shape, stride, dt):
     t._contig = stride == _contig_strides(shape) or t._n <= 1
     t._rec = -1
     t._rg = False
-    t._slot = -1
     return t
 
 
@@ -614,7 +613,6 @@ def _empty(shape, dt, n=-1):
     t._contig = True
     t._rec = -1
     t._rg = False
-    t._slot = -1
     return t
 
 
@@ -651,20 +649,17 @@ def _keep(t):
 def _segment_start(tape):
     """Every 4096 records: a new keep-alive segment, and maybe a lifetime sweep."""
     tape.last_kept = None
-    if len(tape.C) >= tape.sweep_at:
+    if tape.n >= tape.sweep_at:
         tape.sweep()
 
 
 def _record(opcode, bc, out, a, b_addr, pa, pb, c, rg):
     """Append one jitted record; out becomes its result (the general path)."""
     tape = TAPE
-    r = tape.base + len(tape.C)
-    if not r & 4095:
+    if not tape.next_index & 4095:
         _segment_start(tape)
-        r = tape.base + len(tape.C)
-    tape.T.extend(((opcode << 5) | (bc << 2) | out._dtype.code, out._n, out._addr, a, b_addr, pa, pb))
-    tape.C.append(c)
-    tape.alive.append(1 if rg else 0)
+    r = tape.append((opcode << 5) | (bc << 2) | out._dtype.code, out._n, out._addr, a, b_addr, pa, pb,
+                    1 if rg else 0, c)
     if rg:
         out._rec = r
         out._rg = True
@@ -673,52 +668,74 @@ def _record(opcode, bc, out, a, b_addr, pa, pb, c, rg):
     return out
 
 
+def _make_jit_unary(name):
+    """The record path of one unary row, specialised (opcode as a constant).
+    Written out inline: it is the per-op cost of scalar workloads (W1)."""
+    opc = _OP[name] << 5
+
+    def rec(x, c):
+        dt = x._dtype
+        n = x._n
+        out = _new(Tensor)
+        ar = ARENA
+        nb = (n * dt.itemsize + 15) & ~15
+        off = ar.off
+        if off + nb <= ar.size:          # inline bump allocation (Arena.alloc)
+            ar.off = off + nb
+            base = out._base = ar.slab
+            addr = out._addr = ar.addr + off
+        else:
+            base, addr = out._base, out._addr = _alloc(nb)
+        out._shape = x._shape
+        out._stride = x._stride
+        out._dtype = dt
+        out._n = n
+        out._contig = True
+        tape = TAPE
+        i = tape.n
+        if not (tape.base + i) & 4095:
+            _segment_start(tape)
+            i = tape.n   # a sweep may have moved the base
+        if (i + 1) * _ROW > len(tape.buf):
+            tape.grow()
+        r = tape.base + i
+        b = x._base
+        if b is not base and b is not tape.last_kept:
+            tape.keep_alive(b)
+        if x._rg and _GRAD[0]:
+            pa = x._rec
+            if pa < 0:
+                pa = _producer(x)
+            _PACK(tape.buf, i * _ROW, opc | dt.code, n, addr, x._addr, 0, pa, -1, 1, c)
+            out._rec = r
+            out._rg = True
+        else:
+            _PACK(tape.buf, i * _ROW, opc | dt.code, n, addr, x._addr, 0, -1, -1, 0, c)
+            out._rec = -1
+            out._rg = False
+        tape.n = i + 1
+        if x._exposed or r - tape.flushed >= _FLUSH_BOUND:
+            tape.flush()
+        return out
+    rec.__name__ = "_record_" + name
+    return rec
+
+
 def _unary(name, x, c):
-    """A jitted unary record (x: float, contiguous). The record path is
-    written out inline: it is the per-op cost of scalar workloads."""
-    dt = x._dtype
-    n = x._n
-    out = _new(Tensor)
-    ar = ARENA
-    nb = (n * dt.itemsize + 15) & ~15
-    off = ar.off
-    if off + nb <= ar.size:          # inline bump allocation (Arena.alloc)
-        ar.off = off + nb
-        base = out._base = ar.slab
-        addr = out._addr = ar.addr + off
-    else:
-        base, addr = out._base, out._addr = _alloc(nb)
-    out._shape = x._shape
-    out._stride = x._stride
-    out._dtype = dt
-    out._n = n
-    out._contig = True
-    out._slot = -1
-    tape = TAPE
-    r = tape.base + len(tape.C)
-    if not r & 4095:
-        _segment_start(tape)
-        r = tape.base + len(tape.C)   # a sweep may have moved the base
-    b = x._base
-    if b is not base and b is not tape.last_kept:
-        tape.keep_alive(b)
-    if x._rg and _GRAD[0]:
-        pa = x._rec
-        if pa < 0:
-            pa = _producer(x)
-        tape.T.extend(((_OP[name] << 5) | dt.code, n, addr, x._addr, 0, pa, -1))
-        tape.alive.append(1)
-        out._rec = r
-        out._rg = True
-    else:
-        tape.T.extend(((_OP[name] << 5) | dt.code, n, addr, x._addr, 0, -1, -1))
-        tape.alive.append(0)
-        out._rec = -1
-        out._rg = False
-    tape.C.append(c)
-    if x._exposed or r - tape.flushed >= _FLUSH_BOUND:
-        tape.flush()
-    return out
+    """A jitted unary record (x: float, contiguous)."""
+    return _JIT_UNARY[name](x, c)
+
+
+def make_unary_front(name):
+    """torch.<name>(x): the jitted record when x is a contiguous float tensor."""
+    rec = _JIT_UNARY[name]
+
+    def fn(input):
+        if type(input) is Tensor and input._contig and input._dtype.code <= 1:
+            return rec(input, 0.0)
+        return unary(name, input)
+    fn.__name__ = fn.__qualname__ = name
+    return fn
 
 
 _FLUSH_BOUND = config.FLUSH_BOUND
@@ -736,30 +753,26 @@ def unary(name, x, c=0.0):
 _SCALAR_OPS = {"add": "add_scalar", "sub": "sub_scalar", "mul": "mul_scalar", "div": "div_scalar"}
 
 
-def binary(name, x, y, c=1.0):
-    """Front end of the binary rows (x a Tensor; y a Tensor or a Python number)."""
-    if type(y) is not Tensor:
-        if isinstance(y, Tensor):
-            pass
-        elif isinstance(y, (numbers.Number, np.number, np.bool_)):
-            return _binary_scalar(name, x, y, c)
-        elif isinstance(y, np.ndarray):
-            y = tensor(y)
-        else:
-            raise TypeError(f"{name}(): argument 'other' (position 2) must be Tensor or Number, "
-                            f"not {type(y).__name__}")
-    dt = x._dtype
-    if y._dtype is dt and dt.code <= 1 and x._contig and y._contig:
-        xs, ys = x._shape, y._shape
+def _make_jit_binary(name):
+    """The record path of one binary row, specialised like _make_jit_unary."""
+    opc = _OP[name] << 5
+
+    def op(x, y, c=1.0):
+        if type(y) is not Tensor:
+            return _binary_other(name, x, y, c)
+        dt = x._dtype
+        if y._dtype is not dt or dt.code > 1 or not x._contig or not y._contig:
+            return P.binary_py(name, x, y, c)
+        xs = x._shape
+        ys = y._shape
         if xs == ys:
-            shape, bc = xs, 0
+            shape, bc, n = xs, 0, x._n
         elif y._n == 1 and len(ys) <= len(xs):
-            shape, bc = xs, 2
+            shape, bc, n = xs, 2, x._n
         elif x._n == 1 and len(xs) <= len(ys):
-            shape, bc = ys, 1
+            shape, bc, n = ys, 1, y._n
         else:
             return P.binary_py(name, x, y, c)
-        n = x._n if bc != 1 else y._n
         out = _new(Tensor)
         ar = ARENA
         nb = (n * dt.itemsize + 15) & ~15
@@ -775,12 +788,14 @@ def binary(name, x, y, c=1.0):
         out._dtype = dt
         out._n = n
         out._contig = True
-        out._slot = -1
         tape = TAPE
-        r = tape.base + len(tape.C)
-        if not r & 4095:
+        i = tape.n
+        if not (tape.base + i) & 4095:
             _segment_start(tape)
-            r = tape.base + len(tape.C)   # a sweep may have moved the base
+            i = tape.n   # a sweep may have moved the base
+        if (i + 1) * _ROW > len(tape.buf):
+            tape.grow()
+        r = tape.base + i
         b = x._base
         if b is not base and b is not tape.last_kept:
             tape.keep_alive(b)
@@ -790,20 +805,35 @@ def binary(name, x, y, c=1.0):
         if (x._rg or y._rg) and _GRAD[0]:
             pa = (x._rec if x._rec >= 0 else _producer(x)) if x._rg else -1
             pb = (y._rec if y._rec >= 0 else _producer(y)) if y._rg else -1
-            tape.T.extend(((_OP[name] << 5) | (bc << 2) | dt.code, n, addr, x._addr, y._addr, pa, pb))
-            tape.alive.append(1)
+            _PACK(tape.buf, i * _ROW, opc | (bc << 2) | dt.code, n, addr, x._addr, y._addr, pa, pb, 1, c)
             out._rec = r
             out._rg = True
         else:
-            tape.T.extend(((_OP[name] << 5) | (bc << 2) | dt.code, n, addr, x._addr, y._addr, -1, -1))
-            tape.alive.append(0)
+            _PACK(tape.buf, i * _ROW, opc | (bc << 2) | dt.code, n, addr, x._addr, y._addr, -1, -1, 0, c)
             out._rec = -1
             out._rg = False
-        tape.C.append(c)
+        tape.n = i + 1
         if x._exposed or y._exposed or r - tape.flushed >= _FLUSH_BOUND:
             tape.flush()
         return out
-    return P.binary_py(name, x, y, c)
+    op.__name__ = "_record_" + name
+    return op
+
+
+def _binary_other(name, x, y, c):
+    """binary(x, y) where y is not a Tensor: a Python number, or a NumPy array."""
+    if isinstance(y, Tensor):
+        return P.binary_py(name, x, y, c)
+    if isinstance(y, (numbers.Number, np.number, np.bool_)):
+        return _binary_scalar(name, x, y, c)
+    if isinstance(y, np.ndarray):
+        return _JIT_BINARY[name](x, tensor(y), c)
+    raise TypeError(f"{name}(): argument 'other' (position 2) must be Tensor or Number, not {type(y).__name__}")
+
+
+def binary(name, x, y, c=1.0):
+    """Front end of the binary rows (x a Tensor; y a Tensor or a Python number)."""
+    return _JIT_BINARY[name](x, y, c)
 
 
 def _binary_scalar(name, x, v, alpha):
@@ -1006,3 +1036,7 @@ def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
 def eye(n, m=None, dtype=None, device=None, requires_grad=False):
     t = tensor(np.eye(n, m if m is not None else n), dtype=D.as_dtype(dtype) or D.float32)
     return t.requires_grad_(True) if requires_grad else t
+
+
+_JIT_UNARY = {s.name: _make_jit_unary(s.name) for s in OPS.values() if s.kind == "unary"}
+_JIT_BINARY = {s.name: _make_jit_binary(s.name) for s in OPS.values() if s.kind == "binary"}

@@ -6,10 +6,11 @@ a leaf's ``AccumulateGrad`` (whose ``.variable`` *is* the leaf tensor), or
 ``None`` for an input that needs no gradient. Nodes are cached per record
 (``y.grad_fn is y.grad_fn``) and per leaf, and never drive the computation.
 """
+import struct
 import weakref
 
 from ..ops.table import BY_OPCODE, PY
-from ..tape.tape import NCOL, TAPE
+from ..tape.tape import ROW, TAPE
 
 _NODES = weakref.WeakValueDictionary()
 _ACC = weakref.WeakValueDictionary()
@@ -69,8 +70,7 @@ class AccumulateGrad:
 
 def _row(r):
     i = r - TAPE.base
-    k = i * NCOL
-    return [TAPE.T[k + j] for j in range(NCOL)]
+    return list(struct.unpack_from("<8q", TAPE.buf, i * ROW))
 
 
 def _producers(r):

@@ -1,6 +1,6 @@
 """Jitted tape lifetime: which records are still needed.
 
-A record is live while its output tensor lives (``alive[i] == 1``, cleared by
+A record is live while its output tensor lives (column 7 ``alive``, cleared by
 ``Tensor.__del__``) or while a live record that needs gradients reads it
 (its producer codes). One reverse sweep over the tape finds them all, so the
 per-op cost of lifetime tracking is one byte appended and one byte cleared
@@ -15,13 +15,13 @@ _PY = 1
 
 
 @njit(**NJIT)
-def sweep(T, alive, edges, base, flushed_phys):  # pragma: no cover
+def sweep(T, edges, base, flushed_phys):  # pragma: no cover
     """live[i] for every physical record; returns (live, length of the dead
     prefix that has already run forward and can be dropped)."""
     n = T.shape[0]
     live = np.zeros(n, np.uint8)
     for i in range(n - 1, -1, -1):
-        if alive[i]:
+        if T[i, 7]:
             live[i] = 1
         if live[i] == 0:
             continue
