@@ -64,7 +64,9 @@ class cuda:  # noqa: N801  torch.cuda namespace (CPU build)
         return 0
 
 
-def tape():
-    """The global tape (print it to see the program recorded so far)."""
+def tape(t=None, names=None):
+    """The tape as a program: ``print(tapegrad.tape())`` lists every live record,
+    ``print(tapegrad.tape(y))`` only the records y depends on. `names` maps
+    id(leaf) -> a name to print instead of ``leaf<slot>``."""
     from .tape.printer import TapeView
-    return TapeView()
+    return TapeView(t, names)

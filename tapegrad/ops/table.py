@@ -98,15 +98,15 @@ _PY = [
     ("matmul", "MmBackward0"), ("bmm", "BmmBackward0"), ("dot", "DotBackward0"), ("mv", "MvBackward0"),
     ("sum_dim", "SumBackward1"), ("mean_dim", "MeanBackward1"), ("max_dim", "MaxBackward0"),
     ("min_dim", "MinBackward0"), ("max_all", "MaxBackward1"), ("min_all", "MinBackward1"),
-    ("view", "ViewBackward0"), ("reshape", "ReshapeAliasBackward0"), ("unsafe_view", "UnsafeViewBackward0"),
+    ("view", "ViewBackward0"), ("unsafe_view", "UnsafeViewBackward0"),
     ("transpose", "TransposeBackward0"), ("permute", "PermuteBackward0"), ("t", "TBackward0"),
     ("squeeze", "SqueezeBackward0"), ("squeeze_dim", "SqueezeBackward1"), ("unsqueeze", "UnsqueezeBackward0"),
     ("expand", "ExpandBackward0"), ("select", "SelectBackward0"), ("slice", "SliceBackward0"),
-    ("as_strided", "AsStridedBackward0"), ("index", "IndexBackward0"), ("cat", "CatBackward0"),
+    ("index", "IndexBackward0"), ("cat", "CatBackward0"),
     ("stack", "StackBackward0"), ("where", "WhereBackward0"), ("softmax", "SoftmaxBackward0"),
-    ("log_softmax", "LogSoftmaxBackward0"), ("clamp", "ClampBackward1"), ("broadcast", ""),
+    ("log_softmax", "LogSoftmaxBackward0"), ("clamp", "ClampBackward1"),
     ("to_copy", "ToCopyBackward0"), ("copy_", "CopyBackwards"), ("index_put", "IndexPutBackward0"),
-    ("addmm", "AddmmBackward0"), ("function", ""),
+    ("addmm", "AddmmBackward0"),
 ]
 
 OPS = {}

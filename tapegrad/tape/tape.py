@@ -173,8 +173,8 @@ class Tape:
     def sweep(self):
         """Drop the longest prefix of records that are dead and already ran
         (one jitted pass), so that the tape returns to its floor."""
-        if self.flushed < self.next_index and self.n >= config.FLUSH_BOUND:
-            self.flush()
+        if self.flushed < self.next_index:
+            self.flush()   # records that have not run cannot be dropped: run them (DESIGN: flush at a bound)
         if self.n == 0:
             return 0
         T, _ = self.cols()

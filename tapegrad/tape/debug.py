@@ -1,0 +1,51 @@
+"""TAPEGRAD_DEBUG=1: check every address of a tape range against live buffers
+before a jitted call (DESIGN invariant 4: raw addresses skip bounds checks)."""
+from ..storage import ARENA, base_address
+
+
+def _live_spans(tape, extra=()):
+    bufs = [ARENA.slab] + [b for d in tape.keep.values() for b in d.values()]
+    bufs += [b for b in tape.leaf_buf if b is not None] + list(extra)
+    spans = []
+    for b in bufs:
+        if b is None:
+            continue
+        lo = base_address(b)
+        spans.append((lo, lo + b.nbytes))
+    spans.sort()
+    return spans
+
+
+def _inside(spans, addr, nbytes):
+    for lo, hi in spans:
+        if lo <= addr and addr + nbytes <= hi:
+            return True
+    return False
+
+
+def check_addresses(tape, T, lo, hi, gaddr=None, extra=()):
+    """Raise AssertionError naming the first record whose operand lies outside every live buffer."""
+    from ..ops.table import BY_OPCODE, PY
+    spans = _live_spans(tape, extra + ((tape._scratch,) if getattr(tape, "_scratch", None) is not None else ()))
+    for i in range(lo, hi):
+        code, n = int(T[i, 0]), int(T[i, 1])
+        op = code >> 5
+        if op == PY or op == 0:
+            continue
+        isz = 4 if (code & 3) == 0 else 8
+        spec = BY_OPCODE[op]
+        bc = (code >> 2) & 3
+        checks = [("out", int(T[i, 2]), n)]
+        if spec.kind == "reduce":
+            checks.append(("a", int(T[i, 3]), int(T[i, 4])))
+        else:
+            checks.append(("a", int(T[i, 3]), 1 if bc & 1 else n))
+            if spec.kind == "binary":
+                checks.append(("b", int(T[i, 4]), 1 if bc & 2 else n))
+        if gaddr is not None and gaddr[i]:
+            checks.append(("grad", int(gaddr[i]), n))
+        for what, addr, cnt in checks:
+            if not _inside(spans, addr, cnt * isz):
+                raise AssertionError(f"TAPEGRAD_DEBUG: record %{i + tape.base} ({spec.name}) operand {what} at "
+                                     f"{addr:#x} ({cnt} x {isz} bytes) is outside every live buffer")
+    return True
