@@ -11,8 +11,10 @@ import tempfile
 CACHE = os.environ.get("TAPEGRAD_JIT_CACHE", "1") != "0"
 #: fastmath changes rounding; off so that results follow IEEE like PyTorch
 FASTMATH = False
-#: elements above which a CUDA launch / parallel loop pays off
+#: elements above which a run of elementwise records goes tile by tile, tiles in parallel
 PARALLEL_THRESHOLD = 1 << 16
+#: elements per tile (a few arrays of a tile stay in L2 across the records of a run)
+TILE = 4096
 #: threads per block for CUDA kernels (used by the CUDA backend)
 THREADS_PER_BLOCK = 256
 #: pending records are flushed once this many are waiting (memory stays flat)
@@ -43,5 +45,5 @@ numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
 #: keyword arguments for every CPU @njit in the package
 NJIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True)
-#: keyword arguments for the scalar rules compiled inline into loops
-INLINE = dict(inline="always")
+#: keyword arguments for the tile loops run with prange
+NJIT_PARALLEL = dict(NJIT, parallel=True)

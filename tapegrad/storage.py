@@ -11,6 +11,8 @@ offset, a 25 ns integer add.
 Large tensors (over a quarter slab) get a buffer of their own, so a long-lived
 big tensor never pins a slab of small dead ones, and vice versa.
 """
+import sys
+
 import numpy as np
 
 from . import config
@@ -22,7 +24,7 @@ class Arena:
     """Bump allocator over slabs. ``retire`` (set by the tape) is called with
     every slab that stops being current and with every own buffer, so that
     pending records whose tensors already died still write into live memory."""
-    __slots__ = ("slab", "addr", "off", "size", "retire")
+    __slots__ = ("slab", "addr", "off", "size", "retire", "pool", "reclaim")
 
     def __init__(self):
         self.slab = None
@@ -30,15 +32,41 @@ class Arena:
         self.off = 0
         self.size = 0
         self.retire = None
+        self.pool = []     # large buffers, reused once nothing else references them
+        self.reclaim = None  # set by the tape: let go of buffers only dead records still hold
+
+    def _big(self, nbytes, zero=True):
+        """A large buffer: reuse a pooled one of the same size that no tensor,
+        view or record references any more (its reference count says so), else
+        a new one. Fresh pages cost a page fault each on first touch, which at
+        10^7 floats is most of an elementwise pass; reuse skips them.
+        NOTE: a reused buffer is zeroed, like a fresh one."""
+        pool = self.pool
+        for attempt in (0, 1):
+            for i, (buf, addr) in enumerate(pool):
+                if buf.nbytes == nbytes and sys.getrefcount(buf) <= 3:   # pool entry + local + argument
+                    del pool[i]
+                    pool.append((buf, addr))
+                    if zero:
+                        buf.fill(0)
+                    return buf, addr
+            if attempt == 0 and self.reclaim is not None and any(b.nbytes == nbytes for b, _ in pool):
+                self.reclaim()
+        buf, addr = self._new_slab(nbytes)
+        pool.append((buf, addr))
+        if len(pool) > 64:
+            del pool[0]
+        return buf, addr
 
     def _new_slab(self, nbytes):
         slab = np.zeros(nbytes, dtype=np.uint8)
         return slab, slab.ctypes.data
 
-    def alloc(self, nbytes):
-        """Return (base, address) of `nbytes` fresh zeroed bytes that never move."""
+    def alloc(self, nbytes, zero=True):
+        """Return (base, address) of `nbytes` bytes that never move, zeroed
+        unless zero=False (outputs that a record overwrites entirely)."""
         if nbytes > config.SLAB_BYTES >> 2:
-            buf, addr = self._new_slab(max(nbytes, 1))
+            buf, addr = self._big(nbytes, zero)
             if self.retire is not None:
                 self.retire(buf)
             return buf, addr

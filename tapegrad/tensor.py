@@ -685,7 +685,7 @@ def _make_jit_unary(name):
             base = out._base = ar.slab
             addr = out._addr = ar.addr + off
         else:
-            base, addr = out._base, out._addr = _alloc(nb)
+            base, addr = out._base, out._addr = _alloc(nb, False)   # the record writes every element
         out._shape = x._shape
         out._stride = x._stride
         out._dtype = dt
@@ -782,7 +782,7 @@ def _make_jit_binary(name):
             base = out._base = ar.slab
             addr = out._addr = ar.addr + off
         else:
-            base, addr = out._base, out._addr = _alloc(nb)
+            base, addr = out._base, out._addr = _alloc(nb, False)   # the record writes every element
         out._shape = shape
         out._stride = x._stride if bc != 1 else y._stride
         out._dtype = dt

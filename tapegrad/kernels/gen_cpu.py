@@ -26,7 +26,9 @@ first escape ("py") record they meet so that Python can run it, or -1.
 import numpy as np
 from numba import carray, njit
 
-from ..config import NJIT
+from numba import prange
+
+from ..config import NJIT, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
 from . import elementwise as E
 from .ptr import f32p, f64p, u8p
 
@@ -95,20 +97,54 @@ def _fwd_typed(op, bc, po, pa, pb, n, m, c):  # pragma: no cover
 
 
 @njit(**NJIT)
+def _fwd_one(q, code, n, out, a, b, c, t0, m):  # pragma: no cover
+    """Record q on elements t0..t0+m-1 (a tile; broadcast inputs are not offset)."""
+    k = code[q]
+    bc = (k >> 2) & 3
+    if (k & 3) == 0:
+        oa = 0 if bc & 1 else t0 * 4
+        ob = 0 if bc & 2 else t0 * 4
+        _fwd_typed(k >> 5, bc, f32p(out[q] + t0 * 4), f32p(a[q] + oa), f32p(b[q] + ob), m, b[q], c[q])
+    else:
+        oa = 0 if bc & 1 else t0 * 8
+        ob = 0 if bc & 2 else t0 * 8
+        _fwd_typed(k >> 5, bc, f64p(out[q] + t0 * 8), f64p(a[q] + oa), f64p(b[q] + ob), m, b[q], c[q])
+
+
+@njit(**NJIT_PARALLEL)
+def _fwd_tiles(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
+    """A run of elementwise records of `total` elements each, tile by tile
+    (intermediates stay in cache), tiles in parallel."""
+    nt = (total + TILE - 1) // TILE
+    for t in prange(nt):
+        t0 = t * TILE
+        m = min(TILE, total - t0)
+        for q in range(r0, r1):
+            if (code[q] >> 5) != 0:
+                _fwd_one(q, code, n, out, a, b, c, t0, m)
+
+
+@njit(**NJIT)
 def forward(code, n, out, a, b, c, lo, hi):  # pragma: no cover
     """Run records lo..hi-1 in program order; stop at an escape record."""
-    for r in range(lo, hi):
+    r = lo
+    while r < hi:
         k = code[r]
         op = k >> 5
         if op == 0:
+            r += 1
             continue
         if op == 1:
             return r
-        bc = (k >> 2) & 3
-        if (k & 3) == 0:
-            _fwd_typed(op, bc, f32p(out[r]), f32p(a[r]), f32p(b[r]), n[r], b[r], c[r])
-        else:
-            _fwd_typed(op, bc, f64p(out[r]), f64p(a[r]), f64p(b[r]), n[r], b[r], c[r])
+        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
+            e = r + 1
+            while e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= {b_hi} and n[e] == n[r]:
+                e += 1
+            _fwd_tiles(code, n, out, a, b, c, r, e, n[r])
+            r = e
+            continue
+        _fwd_one(r, code, n, out, a, b, c, 0, n[r])
+        r += 1
     return -1
 
 
@@ -148,30 +184,92 @@ def _grad_addr(p, gaddr, leaf_addr, leaf_state, leaf_nbytes, base):  # pragma: n
 
 
 @njit(**NJIT)
+def _bwd_one(q, code, n, out, a, b, c, gaddr, ga, gb, t0, m):  # pragma: no cover
+    k = code[q]
+    bc = (k >> 2) & 3
+    op = k >> 5
+    isz = 4 if (k & 3) == 0 else 8
+    oa = 0 if bc & 1 else t0 * isz
+    ob = 0 if bc & 2 else t0 * isz
+    if op > {b_hi}:
+        oa = 0
+    wa = ga != 0
+    wb = gb != 0
+    if isz == 4:
+        _bwd_typed(op, bc, f32p(out[q] + t0 * 4), f32p(a[q] + oa), f32p(b[q] + ob), f32p(gaddr[q] + t0 * 4),
+                   f32p(ga + oa), f32p(gb + ob), wa, wb, m, b[q], c[q])
+    else:
+        _bwd_typed(op, bc, f64p(out[q] + t0 * 8), f64p(a[q] + oa), f64p(b[q] + ob), f64p(gaddr[q] + t0 * 8),
+                   f64p(ga + oa), f64p(gb + ob), wa, wb, m, b[q], c[q])
+
+
+@njit(**NJIT_PARALLEL)
+def _bwd_tiles_par(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+    nt = (total + TILE - 1) // TILE
+    for t in prange(nt):
+        t0 = t * TILE
+        m = min(TILE, total - t0)
+        for q in range(r1, r0 - 1, -1):
+            if gaddr[q] != 0 and (code[q] >> 5) != 0:
+                _bwd_one(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+
+
+@njit(**NJIT)
+def _bwd_tiles_seq(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+    nt = (total + TILE - 1) // TILE
+    for t in range(nt):
+        t0 = t * TILE
+        m = min(TILE, total - t0)
+        for q in range(r1, r0 - 1, -1):
+            if gaddr[q] != 0 and (code[q] >> 5) != 0:
+                _bwd_one(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+
+
+@njit(**NJIT)
 def backward(code, n, out, a, b, pa, pb, c, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
-    stop at an escape record and return its index."""
-    for r in range(hi, lo - 1, -1):
+    stop at an escape record and return its index. Runs of large elementwise
+    records go tile by tile (in parallel unless an input is broadcast)."""
+    r = hi
+    while r >= lo:
         if gaddr[r] == 0:
+            r -= 1
             continue
         k = code[r]
         op = k >> 5
         if op == 1:
             return r
         if op == 0:
+            r -= 1
             continue
-        bc = (k >> 2) & 3
+        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
+            s = r - 1
+            while s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]:
+                s -= 1
+            s += 1
+            GA = np.zeros(r - s + 1, np.int64)
+            GB = np.zeros(r - s + 1, np.int64)
+            par = True
+            for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
+                if gaddr[q] == 0 or (code[q] >> 5) == 0:
+                    continue
+                GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+                if (code[q] >> 5) >= {b_lo}:
+                    GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+                if (code[q] >> 2) & 3:
+                    par = False
+            if par:
+                _bwd_tiles_par(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+            else:
+                _bwd_tiles_seq(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+            r = s - 1
+            continue
         ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
         gb = 0
         if op >= {b_lo} and op <= {b_hi}:
             gb = _grad_addr(pb[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-        m = b[r]
-        if (k & 3) == 0:
-            _bwd_typed(op, bc, f32p(out[r]), f32p(a[r]), f32p(b[r]), f32p(gaddr[r]), f32p(ga), f32p(gb),
-                       ga != 0, gb != 0, n[r], m, c[r])
-        else:
-            _bwd_typed(op, bc, f64p(out[r]), f64p(a[r]), f64p(b[r]), f64p(gaddr[r]), f64p(ga), f64p(gb),
-                       ga != 0, gb != 0, n[r], m, c[r])
+        _bwd_one(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
+        r -= 1
     return -1
 
 

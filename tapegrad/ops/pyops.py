@@ -364,7 +364,9 @@ def getitem(x, idx):
             raise IndexError(_fix_msg(e)) from None
         items = nidx if isinstance(nidx, tuple) else (nidx,)
         name = "select" if any(isinstance(i, numbers.Integral) for i in items) else "slice"
-        return view_op(name, x, lambda v: v[nidx])
+        # NOTE: an all-integer index gives NumPy a scalar *copy*; a trailing Ellipsis keeps a 0-d view
+        vidx = items if any(i is Ellipsis for i in items) else items + (Ellipsis,)
+        return view_op(name, x, lambda v: v[vidx])
     xv = x._values()
     try:
         probe = xv[nidx]

@@ -77,7 +77,9 @@ class Tape:
         self.flushed = 0           # global index: records below ran forward
         self.py = {}               # global index -> PyRec
         self.keep = {}             # segment -> {id: buffer} kept alive for the records
-        self.last_kept = None      # the buffer most recently kept (cheap identity check on the hot path)
+        self.last_kept = None      # the slab most recently kept (cheap identity check on the hot path)
+        self.big = {}              # id(own buffer) -> [buffer, global indices of the records using it]
+        self._scratch_keep = None  # backward's gradient scratch, reused
         self.retained = {}         # global index -> tensor whose grad is retained
         self.anomaly = {}          # global index -> traceback (anomaly mode)
         # leaf gradient slots
@@ -110,9 +112,20 @@ class Tape:
         return self.base + i
 
     def keep_alive(self, buf):
-        """Keep `buf` alive while records of the current segment (4096
-        records) live. ``last_kept`` lets the hot path skip repeats; it is
-        reset when a new segment starts so each segment keeps its own."""
+        """Keep `buf` alive while the records that use it may still run.
+
+        A slab is kept by the current segment (4096 records) and ``last_kept``
+        lets the hot path skip repeats (reset when a new segment starts). A
+        large own buffer logs each record that uses it and is let go by
+        ``sweep`` once all of them are dead and have run, so that loops over
+        big tensors reuse their buffers (``Arena._big``)."""
+        if buf.nbytes != config.SLAB_BYTES:
+            e = self.big.get(id(buf))
+            if e is None:
+                self.big[id(buf)] = [buf, [self.next_index]]
+            else:
+                e[1].append(self.next_index)
+            return
         seg = self.next_index >> 12
         d = self.keep.get(seg)
         if d is None:
@@ -179,8 +192,13 @@ class Tape:
             return 0
         T, _ = self.cols()
         edges = np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES
-        _, k = _lifetime.sweep(T, edges, self.base, self.flushed - self.base)
+        live, k = _lifetime.sweep(T, edges, self.base, self.flushed - self.base)
         del T, edges
+        base, n = self.base, len(live)
+        # an index at or past the end is a record being appended right now: live
+        for key in [key for key, (buf, recs) in self.big.items()
+                    if all(r < base or (r - base < n and not live[r - base]) for r in recs)]:
+            del self.big[key]
         if k:
             self._drop(int(k))
         self.sweep_at = max(8192, 2 * self.n)
@@ -264,7 +282,11 @@ class Tape:
                        if len(self.edges) else np.zeros(1, np.int64), T[:, 3], root, lo, base, need)
         if total < 0:
             raise RuntimeError(SECOND_TIME)
-        scratch = np.zeros(int(total) + 64, np.uint8)
+        scratch = self._scratch_keep
+        if scratch is None or scratch.nbytes < total + 64 or __import__("sys").getrefcount(scratch) > 2:
+            scratch = self._scratch_keep = np.zeros(int(total) + 64, np.uint8)
+        else:
+            scratch[:int(total) + 64] = 0
         saddr = scratch.ctypes.data
         gaddr = np.zeros(self.n, np.int64)
         idx = np.nonzero(need)[0]
@@ -334,3 +356,4 @@ class Tape:
 
 TAPE = Tape()
 ARENA.retire = TAPE.keep_alive
+ARENA.reclaim = TAPE.sweep
