@@ -122,6 +122,7 @@ class TapeView:
             # a history is numbered from %0 (the global index is Node.record_index)
             order = {g: i for i, g in enumerate(sorted(keep))}
             ls = [re.sub(r"%(\d+)", lambda m: f"%{order.get(int(m.group(1)), m.group(1))}", ln) for ln in ls]
+            ls = [_pad(ln) for ln in ls]
         else:
             ls = lines(names=self.names)
         return "\n".join(ls) if ls else "(empty tape)"
@@ -131,6 +132,11 @@ class TapeView:
     def _repr_html_(self):
         import html
         return "<pre>" + html.escape(str(self)) + "</pre>"
+
+
+def _pad(line):
+    code, _, comment = line.partition("# ")
+    return (code.rstrip().ljust(39) + " # " + comment) if comment else line
 
 
 def _history(r):
