@@ -428,6 +428,7 @@ def _inplace_record(name, x, others, fwd_inplace, bwd):
 
     prods = [T._producer(t) if (rg and t._rg) else -1 for t in ins]
     old = x._rec
+    _log_inplace(x)
     r = TAPE.pyrecord(OPS[name], f, b, [(t._shape, t._dtype.np) for t in ins], (x._shape, x._dtype.np),
                       x._n, x._dtype.code & 3, x._addr, prods, None, True, grad=rg)
     if rg:
@@ -438,6 +439,15 @@ def _inplace_record(name, x, others, fwd_inplace, bwd):
     if x._exposed or any(t._exposed for t in others):
         TAPE.flush()
     return x
+
+
+def _log_inplace(x):
+    """Remember that x's storage changes from the next record on, so that a
+    backward through a record that saved it raises PyTorch's version error."""
+    vc = x._version_counter()
+    lo = x._addr
+    span = sum((d - 1) * st for d, st in zip(x._shape, x._stride)) + 1 if x._n else 0
+    TAPE.inplace_log.append((lo, lo + span * x._dtype.itemsize, TAPE.next_index, vc, x._shape, x._dtype.name))
 
 
 def fill_(x, value):

@@ -25,6 +25,7 @@ Leaves that require grad get a *slot*: ``leaf_addr[slot]`` is the address of
 the leaf's gradient buffer and ``leaf_state[slot]`` 0 when ``.grad`` is None
 (the jitted replay zeroes the buffer on first use and sets 1).
 """
+import re
 import struct
 import weakref
 from array import array
@@ -34,7 +35,7 @@ import numpy as np
 from .. import config
 from ..kernels import lifetime as _lifetime
 from ..kernels import replay_cpu as R
-from ..ops.table import OPS, PY
+from ..ops.table import BY_OPCODE, OPS, PY
 from ..storage import ARENA, view
 
 NCOL = 9                  # int64 columns of a row; column 8 holds the float attribute's bits
@@ -80,6 +81,7 @@ class Tape:
         self.last_kept = None      # the slab most recently kept (cheap identity check on the hot path)
         self.big = {}              # id(own buffer) -> [buffer, global indices of the records using it]
         self._scratch_keep = None  # backward's gradient scratch, reused
+        self.inplace_log = []      # (lo, hi, record index, version counter, shape, dtype) of in-place writes
         self.retained = {}         # global index -> tensor whose grad is retained
         self.anomaly = {}          # global index -> traceback (anomaly mode)
         # leaf gradient slots
@@ -218,6 +220,7 @@ class Tape:
             del self.keep[seg]
         for g in [g for g in self.retained if g < base]:
             del self.retained[g]
+        self.inplace_log = [e for e in self.inplace_log if e[2] >= base]
         self.last_kept = None
         if not self.n:
             self.edges = array("q")
@@ -282,6 +285,8 @@ class Tape:
                        if len(self.edges) else np.zeros(1, np.int64), T[:, 3], root, lo, base, need)
         if total < 0:
             raise RuntimeError(SECOND_TIME)
+        if self.inplace_log:
+            self._check_versions(T, need, lo)
         scratch = self._scratch_keep
         if scratch is None or scratch.nbytes < total + 64 or __import__("sys").getrefcount(scratch) > 2:
             scratch = self._scratch_keep = np.zeros(int(total) + 64, np.uint8)
@@ -323,6 +328,44 @@ class Tape:
         finally:
             del T, C, la, ls, ln
             self._scratch = None
+
+    def _check_versions(self, T, need, lo):
+        """PyTorch's error for a saved value modified in place after it was saved."""
+        base = self.base
+        for j in np.nonzero(need)[0]:
+            g = int(j) + lo
+            k = g - base
+            code = int(T[k, 0])
+            op = code >> 5
+            if op == PY:
+                continue  # escape records: not checked yet (their saved values are NumPy views)
+            spec = BY_OPCODE.get(op)
+            if spec is None or not spec.saves:
+                continue
+            isz = 4 if (code & 3) == 0 else 8
+            n = int(T[k, 1])
+            bc = (code >> 2) & 3
+            ops = []
+            if "self" in spec.saves:
+                ops.append((int(T[k, 3]), 1 if bc & 1 else n, False))
+            if "other" in spec.saves or "exponent" in spec.saves:
+                ops.append((int(T[k, 4]), 1 if bc & 2 else n, False))
+            if "result" in spec.saves:
+                ops.append((int(T[k, 2]), n, True))
+            for addr, cnt, is_out in ops:
+                for lo_, hi_, at, vc, shape, dtname in self.inplace_log:
+                    if at > g and addr < hi_ and lo_ < addr + cnt * isz:
+                        later = sum(1 for e in self.inplace_log if e[3] is vc and e[2] > g)
+                        ttype = {"float32": "FloatTensor", "float64": "DoubleTensor"}.get(dtname, "Tensor")
+                        dims = ", ".join(str(d) for d in shape)
+                        fn = re.sub(r"Backward\d+$", "", spec.grad_fn)   # torch 2.13 names the forward op
+                        what = f", which is output 0 of {fn}," if is_out else ""
+                        raise RuntimeError(
+                            f"one of the variables needed for gradient computation has been modified by an "
+                            f"inplace operation: [torch.{ttype} [{dims}]]{what} is at version {vc[0]}; expected "
+                            f"version {vc[0] - later} instead. Hint: enable anomaly detection to find the "
+                            f"operation that failed to compute its gradient, with "
+                            f"torch.autograd.set_detect_anomaly(True, check_nan=False).")
 
     def _grad_view(self, gaddr, i, shape, npdt):
         strides, acc = [], 1
