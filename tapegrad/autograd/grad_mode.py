@@ -20,18 +20,33 @@ class _Mode:
         return False
 
     def __call__(self, fn):
+        value = self._value   # keep this instance's mode (e.g. inference_mode(False))
+
         @functools.wraps(fn)
         def wrapper(*a, **k):
-            with self.__class__():
+            prev = _STATE[0]
+            _STATE[0] = value
+            try:
                 return fn(*a, **k)
+            finally:
+                _STATE[0] = prev
         return wrapper
 
 
-class no_grad(_Mode):
+class _NoParamMode(_Mode):
+    """torch allows ``@no_grad`` / ``@enable_grad`` without parentheses."""
+
+    def __new__(cls, orig_func=None):
+        if orig_func is None:
+            return super().__new__(cls)
+        return cls()(orig_func)
+
+
+class no_grad(_NoParamMode):
     _value = False
 
 
-class enable_grad(_Mode):
+class enable_grad(_NoParamMode):
     _value = True
 
 
@@ -60,5 +75,10 @@ class set_grad_enabled(_Mode):
 
 
 class inference_mode(no_grad):
+    def __new__(cls, mode=True):
+        if mode is None or isinstance(mode, bool):
+            return _Mode.__new__(cls)
+        return cls()(mode)   # @inference_mode without parentheses
+
     def __init__(self, mode=True):
         self._value = not mode

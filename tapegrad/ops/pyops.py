@@ -35,16 +35,22 @@ def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True):
     rg = grad and bwd is not None and _GRAD[0] and any(t._rg for t in ins)
     ivs = [t._view_np() for t in ins]
     ov = out._view_np()
+    prods = [T._producer(t) if (rg and t._rg) else -1 for t in ins]
 
     def f():
-        r = fwd(*ivs)
+        r = fwd(*ivs) if not getattr(fwd, "writes_out", False) else fwd(ov, *ivs)
         if r is not None:
             np.copyto(ov, r, casting="unsafe")
 
-    def b(g):
-        return bwd(g, ov, *ivs)
+    if getattr(bwd, "needs_aware", False):
+        needs = tuple(p != -1 for p in prods)   # skip gradients no input asks for (matmul's big ones)
 
-    prods = [T._producer(t) if (rg and t._rg) else -1 for t in ins]
+        def b(g):
+            return bwd(g, ov, *ivs, needs=needs)
+    else:
+        def b(g):
+            return bwd(g, ov, *ivs)
+
     r = TAPE.pyrecord(OPS[name], f, b, [(t._shape, t._dtype.np) for t in ins], (out._shape, out._dtype.np),
                       out._n, out._dtype.code & 3, out._addr, prods, attrs, saves, grad=rg)
     if rg:
@@ -670,10 +676,14 @@ def matmul(a, b):
     out = T._empty(shape, a._dtype)
     ash, bsh = a._shape, b._shape
 
-    def fwd(av, bv):
-        return np.matmul(av, bv)
+    def fwd(o, av, bv):
+        if o.ndim:
+            np.matmul(av, bv, out=o)
+        else:
+            o[...] = np.matmul(av, bv)
+    fwd.writes_out = True
 
-    def bwd(g, o, av, bv):
+    def bwd(g, o, av, bv, needs=(True, True)):
         a2 = av[None, :] if av.ndim == 1 else av
         b2 = bv[:, None] if bv.ndim == 1 else bv
         g2 = g
@@ -681,9 +691,10 @@ def matmul(a, b):
             g2 = np.expand_dims(g2, -2)
         if bv.ndim == 1:
             g2 = np.expand_dims(g2, -1)
-        ga = sum_to(np.matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(ash)
-        gb = sum_to(np.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(bsh)
+        ga = sum_to(np.matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(ash) if needs[0] else None
+        gb = sum_to(np.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(bsh) if needs[1] else None
         return ga, gb
+    bwd.needs_aware = True
     return record(name, out, [a, b], fwd, bwd)
 
 
@@ -706,13 +717,15 @@ def addmm(bias, x, w_t_src, transpose_w=True):
     out = T._empty(shape, x._dtype)
     bsh = bias._shape
 
-    def fwd(bv, xv, wv):
-        r = xv @ wv.T
-        r += bv
-        return r
+    def fwd(o, bv, xv, wv):
+        np.matmul(xv, wv.T, out=o)
+        o += bv
 
-    def bwd(g, o, bv, xv, wv):
-        return sum_to(g, bsh), g @ wv, g.T @ xv
+    def bwd(g, o, bv, xv, wv, needs=(True, True, True)):
+        return (sum_to(g, bsh) if needs[0] else None, g @ wv if needs[1] else None,
+                g.T @ xv if needs[2] else None)
+    fwd.writes_out = True
+    bwd.needs_aware = True
     return record("addmm", out, [bias, x, w], fwd, bwd)
 
 
