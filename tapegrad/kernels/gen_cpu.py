@@ -125,8 +125,11 @@ def _fwd_tiles(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
 
 
 @njit(**NJIT)
-def forward(code, n, out, a, b, c, lo, hi):  # pragma: no cover
-    """Run records lo..hi-1 in program order; stop at an escape record."""
+def forward(T, F, lo, hi):  # pragma: no cover
+    """Run records lo..hi-1 in program order; stop at an escape record.
+    T / F: the tape rows as int64 / float64 (two arguments: each array argument
+    costs ~1 us to unbox, and this is called once per flush)."""
+    code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
     r = lo
     while r < hi:
         k = code[r]
@@ -226,10 +229,11 @@ def _bwd_tiles_seq(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # prag
 
 
 @njit(**NJIT)
-def backward(code, n, out, a, b, pa, pb, c, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+def backward(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
     stop at an escape record and return its index. Runs of large elementwise
     records go tile by tile (in parallel unless an input is broadcast)."""
+    code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -274,10 +278,11 @@ def backward(code, n, out, a, b, pa, pb, c, gaddr, leaf_addr, leaf_state, leaf_n
 
 
 @njit(**NJIT)
-def mark(code, n, pa, pb, edges, a, root, lo, base, need):  # pragma: no cover
+def mark(T, edges, root, lo, base, need):  # pragma: no cover
     """Mark the records reachable from `root` that lead to a gradient; return
     the bytes of gradient scratch they need (need[r] = byte offset + 1), or
     -(r + 1) for the first reachable record that was already freed."""
+    code, n, a, pa, pb = T[:, 0], T[:, 1], T[:, 3], T[:, 5], T[:, 6]
     need[root - lo] = 1
     total = 0
     for r in range(root, lo - 1, -1):

@@ -149,7 +149,7 @@ class Tape:
     # ----- forward -----------------------------------------------------------
     def cols(self):
         m = memoryview(self.buf)[:self.n * ROW]
-        return np.frombuffer(m, np.int64).reshape(-1, NCOL), np.frombuffer(m, np.float64)[8::NCOL]
+        return np.frombuffer(m, np.int64).reshape(-1, NCOL), np.frombuffer(m, np.float64).reshape(-1, NCOL)
 
     def flush(self):
         """Run every pending record (one jitted call between escape records)."""
@@ -164,7 +164,7 @@ class Tape:
         end = hi - self.base
         try:
             while lo < end:
-                i = R.forward(T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], C, lo, end)
+                i = R.forward(T, C, lo, end)
                 if i < 0:
                     break
                 rec = self.py[i + self.base]
@@ -281,8 +281,8 @@ class Tape:
         lo = base
         T, C = self.cols()
         need = np.zeros(root - lo + 1, np.int64)
-        total = R.mark(T[:, 0], T[:, 1], T[:, 5], T[:, 6], np.frombuffer(self.edges, np.int64)
-                       if len(self.edges) else np.zeros(1, np.int64), T[:, 3], root, lo, base, need)
+        total = R.mark(T, np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES, root, lo, base,
+                       need)
         if total < 0:
             raise RuntimeError(SECOND_TIME)
         if self.inplace_log:
@@ -308,8 +308,7 @@ class Tape:
         hi = rp
         try:
             while hi >= 0:
-                i = R.backward(T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], C, gaddr,
-                               la, ls, ln, base, hi, lo - base)
+                i = R.backward(T, C, gaddr, la, ls, ln, base, hi, lo - base)
                 if i < 0:
                     break
                 self._py_backward(i, gaddr, ls)
