@@ -48,7 +48,10 @@ numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
 numba.config.THREADING_LAYER = THREADING_LAYER
 
-#: keyword arguments for every CPU @njit in the package
-NJIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True)
+#: keyword arguments for every CPU @njit in the package. error_model="numpy": IEEE results
+#: (inf/nan) instead of Python's ZeroDivisionError checks, which also means less code to compile
+NJIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")
+#: functions only called from other jitted functions need no CPython wrapper
+NJIT_INNER = dict(NJIT, no_cpython_wrapper=True)
 #: keyword arguments for the tile loops run with prange
 NJIT_PARALLEL = dict(NJIT, parallel=True)

@@ -28,7 +28,7 @@ from numba import carray, njit
 
 from numba import prange
 
-from ..config import NJIT, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
+from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
 from . import elementwise as E
 from .ptr import f32p, f64p, u8p
 
@@ -36,8 +36,8 @@ from .ptr import f32p, f64p, u8p
 
 
 def _unary(rows):
-    f = ["@njit(**NJIT)", "def _unary_fwd(op, x, o, n, c):  # pragma: no cover"]
-    b = ["@njit(**NJIT)", "def _unary_bwd(op, x, y, g, gx, n, c):  # pragma: no cover"]
+    f = ["@njit(**NJIT_INNER)", "def _unary_fwd(op, x, o, n, c):  # pragma: no cover"]
+    b = ["@njit(**NJIT_INNER)", "def _unary_bwd(op, x, y, g, gx, n, c):  # pragma: no cover"]
     for i, s in enumerate(rows):
         kw = "if" if i == 0 else "elif"
         f += [f"    {kw} op == {s.opcode}:  # {s.name}",
@@ -50,7 +50,7 @@ def _unary(rows):
 
 
 def _binary(rows):
-    f = ["@njit(**NJIT)", "def _binary_fwd(op, x, z, o, n, sx, sz, c):  # pragma: no cover"]
+    f = ["@njit(**NJIT_INNER)", "def _binary_fwd(op, x, z, o, n, sx, sz, c):  # pragma: no cover"]
     b = ["@njit(**NJIT)",
          "def _binary_bwd(op, x, z, y, g, gx, gz, n, sx, sz, wx, wz, c):  # pragma: no cover"]
     for i, s in enumerate(rows):
@@ -79,7 +79,7 @@ def source():
     body += _unary(un) + "\n\n" + _binary(bi)
     body += f'''
 
-@njit(**NJIT)
+@njit(**NJIT_INNER)
 def _fwd_typed(op, bc, po, pa, pb, n, m, c):  # pragma: no cover
     o = carray(po, n)
     if op <= {u_hi}:
@@ -96,62 +96,7 @@ def _fwd_typed(op, bc, po, pa, pb, n, m, c):  # pragma: no cover
         o[0] = acc / m if (op == MEAN and m > 0) else (acc if op == SUM else np.nan)
 
 
-@njit(**NJIT)
-def _fwd_one(q, code, n, out, a, b, c, t0, m):  # pragma: no cover
-    """Record q on elements t0..t0+m-1 (a tile; broadcast inputs are not offset)."""
-    k = code[q]
-    bc = (k >> 2) & 3
-    if (k & 3) == 0:
-        oa = 0 if bc & 1 else t0 * 4
-        ob = 0 if bc & 2 else t0 * 4
-        _fwd_typed(k >> 5, bc, f32p(out[q] + t0 * 4), f32p(a[q] + oa), f32p(b[q] + ob), m, b[q], c[q])
-    else:
-        oa = 0 if bc & 1 else t0 * 8
-        ob = 0 if bc & 2 else t0 * 8
-        _fwd_typed(k >> 5, bc, f64p(out[q] + t0 * 8), f64p(a[q] + oa), f64p(b[q] + ob), m, b[q], c[q])
-
-
-@njit(**NJIT_PARALLEL)
-def _fwd_tiles(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
-    """A run of elementwise records of `total` elements each, tile by tile
-    (intermediates stay in cache), tiles in parallel."""
-    nt = (total + TILE - 1) // TILE
-    for t in prange(nt):
-        t0 = t * TILE
-        m = min(TILE, total - t0)
-        for q in range(r0, r1):
-            if (code[q] >> 5) != 0:
-                _fwd_one(q, code, n, out, a, b, c, t0, m)
-
-
-@njit(**NJIT)
-def forward(T, F, lo, hi):  # pragma: no cover
-    """Run records lo..hi-1 in program order; stop at an escape record.
-    T / F: the tape rows as int64 / float64 (two arguments: each array argument
-    costs ~1 us to unbox, and this is called once per flush)."""
-    code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
-    r = lo
-    while r < hi:
-        k = code[r]
-        op = k >> 5
-        if op == 0:
-            r += 1
-            continue
-        if op == 1:
-            return r
-        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
-            e = r + 1
-            while e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= {b_hi} and n[e] == n[r]:
-                e += 1
-            _fwd_tiles(code, n, out, a, b, c, r, e, n[r])
-            r = e
-            continue
-        _fwd_one(r, code, n, out, a, b, c, 0, n[r])
-        r += 1
-    return -1
-
-
-@njit(**NJIT)
+@njit(**NJIT_INNER)
 def _bwd_typed(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c):  # pragma: no cover
     y = carray(po, n)
     g = carray(pg, n)
@@ -169,7 +114,7 @@ def _bwd_typed(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c):  # pragma: no
             gx[i] += v
 
 
-@njit(**NJIT)
+@njit(**NJIT_INNER)
 def _grad_addr(p, gaddr, leaf_addr, leaf_state, leaf_nbytes, base):  # pragma: no cover
     """Address of the gradient buffer of a record input with producer code p
     (0 when it needs none). A leaf's buffer is zeroed on its first use since
@@ -186,52 +131,100 @@ def _grad_addr(p, gaddr, leaf_addr, leaf_state, leaf_nbytes, base):  # pragma: n
     return 0
 
 
-@njit(**NJIT)
-def _bwd_one(q, code, n, out, a, b, c, gaddr, ga, gb, t0, m):  # pragma: no cover
+# ----- float32 entry points --------------------------------------------------
+
+@njit(**NJIT_INNER)
+def _fwd_one_f32(q, code, n, out, a, b, c, t0, m):  # pragma: no cover
+    """Record q on elements t0..t0+m-1 (a tile; broadcast inputs are not offset)."""
     k = code[q]
     bc = (k >> 2) & 3
-    op = k >> 5
-    isz = 4 if (k & 3) == 0 else 8
-    oa = 0 if bc & 1 else t0 * isz
-    ob = 0 if bc & 2 else t0 * isz
-    if op > {b_hi}:
-        oa = 0
-    wa = ga != 0
-    wb = gb != 0
-    if isz == 4:
-        _bwd_typed(op, bc, f32p(out[q] + t0 * 4), f32p(a[q] + oa), f32p(b[q] + ob), f32p(gaddr[q] + t0 * 4),
-                   f32p(ga + oa), f32p(gb + ob), wa, wb, m, b[q], c[q])
-    else:
-        _bwd_typed(op, bc, f64p(out[q] + t0 * 8), f64p(a[q] + oa), f64p(b[q] + ob), f64p(gaddr[q] + t0 * 8),
-                   f64p(ga + oa), f64p(gb + ob), wa, wb, m, b[q], c[q])
+    oa = 0 if bc & 1 else t0 * 4
+    ob = 0 if bc & 2 else t0 * 4
+    _fwd_typed(k >> 5, bc, f32p(out[q] + t0 * 4), f32p(a[q] + oa), f32p(b[q] + ob), m, b[q], c[q])
 
 
 @njit(**NJIT_PARALLEL)
-def _bwd_tiles_par(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+def _fwd_tiles_f32(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
+    """A run of elementwise records of `total` elements each, tile by tile
+    (intermediates stay in cache), tiles in parallel."""
+    nt = (total + TILE - 1) // TILE
+    for t in prange(nt):
+        t0 = t * TILE
+        m = min(TILE, total - t0)
+        for q in range(r0, r1):
+            if (code[q] >> 5) != 0:
+                _fwd_one_f32(q, code, n, out, a, b, c, t0, m)
+
+
+@njit(**NJIT)
+def forward_f32(T, F, lo, hi):  # pragma: no cover
+    """Run records lo..hi-1 in program order; stop at an escape record or at a
+    record of the other float dtype (each dtype compiles only when used).
+    T / F: the tape rows as int64 / float64 (two arguments: each array argument
+    costs ~1 us to unbox, and this is called once per flush)."""
+    code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    r = lo
+    while r < hi:
+        k = code[r]
+        op = k >> 5
+        if op == 0:
+            r += 1
+            continue
+        if op == 1 or (k & 3) != 0:
+            return r
+        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
+            e = r + 1
+            while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= {b_hi} and n[e] == n[r]
+                   and (code[e] & 3) == 0):
+                e += 1
+            _fwd_tiles_f32(code, n, out, a, b, c, r, e, n[r])
+            r = e
+            continue
+        _fwd_one_f32(r, code, n, out, a, b, c, 0, n[r])
+        r += 1
+    return -1
+
+
+@njit(**NJIT_INNER)
+def _bwd_one_f32(q, code, n, out, a, b, c, gaddr, ga, gb, t0, m):  # pragma: no cover
+    k = code[q]
+    bc = (k >> 2) & 3
+    op = k >> 5
+    oa = 0 if bc & 1 else t0 * 4
+    ob = 0 if bc & 2 else t0 * 4
+    if op > {b_hi}:
+        oa = 0
+    _bwd_typed(op, bc, f32p(out[q] + t0 * 4), f32p(a[q] + oa), f32p(b[q] + ob), f32p(gaddr[q] + t0 * 4),
+               f32p(ga + oa), f32p(gb + ob), ga != 0, gb != 0, m, b[q], c[q])
+
+
+@njit(**NJIT_PARALLEL)
+def _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
     nt = (total + TILE - 1) // TILE
     for t in prange(nt):
         t0 = t * TILE
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_f32(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
 
 
 @njit(**NJIT)
-def _bwd_tiles_seq(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+def _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
     nt = (total + TILE - 1) // TILE
     for t in range(nt):
         t0 = t * TILE
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_f32(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
 
 
 @njit(**NJIT)
-def backward(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+def backward_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
-    stop at an escape record and return its index. Runs of large elementwise
+    stop at an escape record or a record of the other float dtype and return
+    its index. Runs of large elementwise
     records go tile by tile (in parallel unless an input is broadcast)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     r = hi
@@ -241,14 +234,15 @@ def backward(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # 
             continue
         k = code[r]
         op = k >> 5
-        if op == 1:
+        if op == 1 or (op != 0 and (k & 3) != 0):
             return r
         if op == 0:
             r -= 1
             continue
         if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
             s = r - 1
-            while s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]:
+            while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]
+                   and (code[s] & 3) == 0):
                 s -= 1
             s += 1
             GA = np.zeros(r - s + 1, np.int64)
@@ -263,16 +257,156 @@ def backward(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # 
                 if (code[q] >> 2) & 3:
                     par = False
             if par:
-                _bwd_tiles_par(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+                _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
             else:
-                _bwd_tiles_seq(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+                _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
             r = s - 1
             continue
         ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
         gb = 0
         if op >= {b_lo} and op <= {b_hi}:
             gb = _grad_addr(pb[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-        _bwd_one(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
+        _bwd_one_f32(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
+        r -= 1
+    return -1
+
+
+# ----- float64 entry points --------------------------------------------------
+
+@njit(**NJIT_INNER)
+def _fwd_one_f64(q, code, n, out, a, b, c, t0, m):  # pragma: no cover
+    """Record q on elements t0..t0+m-1 (a tile; broadcast inputs are not offset)."""
+    k = code[q]
+    bc = (k >> 2) & 3
+    oa = 0 if bc & 1 else t0 * 8
+    ob = 0 if bc & 2 else t0 * 8
+    _fwd_typed(k >> 5, bc, f64p(out[q] + t0 * 8), f64p(a[q] + oa), f64p(b[q] + ob), m, b[q], c[q])
+
+
+@njit(**NJIT_PARALLEL)
+def _fwd_tiles_f64(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
+    """A run of elementwise records of `total` elements each, tile by tile
+    (intermediates stay in cache), tiles in parallel."""
+    nt = (total + TILE - 1) // TILE
+    for t in prange(nt):
+        t0 = t * TILE
+        m = min(TILE, total - t0)
+        for q in range(r0, r1):
+            if (code[q] >> 5) != 0:
+                _fwd_one_f64(q, code, n, out, a, b, c, t0, m)
+
+
+@njit(**NJIT)
+def forward_f64(T, F, lo, hi):  # pragma: no cover
+    """Run records lo..hi-1 in program order; stop at an escape record or at a
+    record of the other float dtype (each dtype compiles only when used).
+    T / F: the tape rows as int64 / float64 (two arguments: each array argument
+    costs ~1 us to unbox, and this is called once per flush)."""
+    code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    r = lo
+    while r < hi:
+        k = code[r]
+        op = k >> 5
+        if op == 0:
+            r += 1
+            continue
+        if op == 1 or (k & 3) != 1:
+            return r
+        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
+            e = r + 1
+            while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= {b_hi} and n[e] == n[r]
+                   and (code[e] & 3) == 1):
+                e += 1
+            _fwd_tiles_f64(code, n, out, a, b, c, r, e, n[r])
+            r = e
+            continue
+        _fwd_one_f64(r, code, n, out, a, b, c, 0, n[r])
+        r += 1
+    return -1
+
+
+@njit(**NJIT_INNER)
+def _bwd_one_f64(q, code, n, out, a, b, c, gaddr, ga, gb, t0, m):  # pragma: no cover
+    k = code[q]
+    bc = (k >> 2) & 3
+    op = k >> 5
+    oa = 0 if bc & 1 else t0 * 8
+    ob = 0 if bc & 2 else t0 * 8
+    if op > {b_hi}:
+        oa = 0
+    _bwd_typed(op, bc, f64p(out[q] + t0 * 8), f64p(a[q] + oa), f64p(b[q] + ob), f64p(gaddr[q] + t0 * 8),
+               f64p(ga + oa), f64p(gb + ob), ga != 0, gb != 0, m, b[q], c[q])
+
+
+@njit(**NJIT_PARALLEL)
+def _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+    nt = (total + TILE - 1) // TILE
+    for t in prange(nt):
+        t0 = t * TILE
+        m = min(TILE, total - t0)
+        for q in range(r1, r0 - 1, -1):
+            if gaddr[q] != 0 and (code[q] >> 5) != 0:
+                _bwd_one_f64(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+
+
+@njit(**NJIT)
+def _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+    nt = (total + TILE - 1) // TILE
+    for t in range(nt):
+        t0 = t * TILE
+        m = min(TILE, total - t0)
+        for q in range(r1, r0 - 1, -1):
+            if gaddr[q] != 0 and (code[q] >> 5) != 0:
+                _bwd_one_f64(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+
+
+@njit(**NJIT)
+def backward_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+    """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
+    stop at an escape record or a record of the other float dtype and return
+    its index. Runs of large elementwise
+    records go tile by tile (in parallel unless an input is broadcast)."""
+    code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    r = hi
+    while r >= lo:
+        if gaddr[r] == 0:
+            r -= 1
+            continue
+        k = code[r]
+        op = k >> 5
+        if op == 1 or (op != 0 and (k & 3) != 1):
+            return r
+        if op == 0:
+            r -= 1
+            continue
+        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
+            s = r - 1
+            while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]
+                   and (code[s] & 3) == 1):
+                s -= 1
+            s += 1
+            GA = np.zeros(r - s + 1, np.int64)
+            GB = np.zeros(r - s + 1, np.int64)
+            par = True
+            for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
+                if gaddr[q] == 0 or (code[q] >> 5) == 0:
+                    continue
+                GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+                if (code[q] >> 5) >= {b_lo}:
+                    GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+                if (code[q] >> 2) & 3:
+                    par = False
+            if par:
+                _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+            else:
+                _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+            r = s - 1
+            continue
+        ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        gb = 0
+        if op >= {b_lo} and op <= {b_hi}:
+            gb = _grad_addr(pb[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        _bwd_one_f64(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
         r -= 1
     return -1
 

@@ -164,12 +164,14 @@ class Tape:
         end = hi - self.base
         try:
             while lo < end:
-                i = R.forward(T, C, lo, end)
+                i = (R.forward_f64 if (T[lo, 0] & 3) == 1 else R.forward_f32)(T, C, lo, end)
                 if i < 0:
                     break
-                rec = self.py[i + self.base]
-                rec.fwd()
-                lo = i + 1
+                if (T[i, 0] >> 5) == PY:
+                    self.py[i + self.base].fwd()
+                    lo = i + 1
+                else:
+                    lo = i           # a record of the other dtype: switch entry point
         finally:
             del T, C
         self.flushed = hi
@@ -307,12 +309,17 @@ class Tape:
             check_addresses(self, T, lo - base, rp + 1, gaddr=gaddr)
         hi = rp
         try:
+            dt = int(T[hi, 0]) & 3
             while hi >= 0:
-                i = R.backward(T, C, gaddr, la, ls, ln, base, hi, lo - base)
+                i = (R.backward_f64 if dt == 1 else R.backward_f32)(T, C, gaddr, la, ls, ln, base, hi, lo - base)
                 if i < 0:
                     break
-                self._py_backward(i, gaddr, ls)
-                hi = i - 1
+                if (T[i, 0] >> 5) == PY:
+                    self._py_backward(i, gaddr, ls)
+                    hi = i - 1
+                else:
+                    dt = int(T[i, 0]) & 3    # a record of the other dtype: switch entry point
+                    hi = i
             for g, t in list(self.retained.items()):
                 if base <= g <= root and gaddr[g - base]:
                     t._accumulate_retained(self._grad_view(gaddr, g - base, t.shape, t.dtype.np).copy())
