@@ -35,6 +35,151 @@ from .ptr import f32p, f64p, u8p
 '''
 
 
+# The entry points, written once and formatted per float dtype (first with the opcode
+# bounds, then with suf/ptr/isz/dt): each dtype compiles only when a tape uses it.
+TYPED_TEMPLATE = '''# ----- {{dtname}} entry points --------------------------------------------------
+
+@njit(**NJIT_INNER)
+def _fwd_one_{{suf}}(q, code, n, out, a, b, c, t0, m):  # pragma: no cover
+    """Record q on elements t0..t0+m-1 (a tile; broadcast inputs are not offset)."""
+    k = code[q]
+    bc = (k >> 2) & 3
+    oa = 0 if bc & 1 else t0 * {{isz}}
+    ob = 0 if bc & 2 else t0 * {{isz}}
+    _fwd_typed(k >> 5, bc, {{ptr}}(out[q] + t0 * {{isz}}), {{ptr}}(a[q] + oa), {{ptr}}(b[q] + ob), m, b[q], c[q])
+
+
+@njit(**NJIT_PARALLEL)
+def _fwd_tiles_{{suf}}(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
+    """A run of elementwise records of `total` elements each, tile by tile
+    (intermediates stay in cache), tiles in parallel."""
+    nt = (total + TILE - 1) // TILE
+    for t in prange(nt):
+        t0 = t * TILE
+        m = min(TILE, total - t0)
+        for q in range(r0, r1):
+            if (code[q] >> 5) != 0:
+                _fwd_one_{{suf}}(q, code, n, out, a, b, c, t0, m)
+
+
+@njit(**NJIT)
+def forward_{{suf}}(T, F, lo, hi):  # pragma: no cover
+    """Run records lo..hi-1 in program order; stop at an escape record or at a
+    record of the other float dtype (each dtype compiles only when used).
+    T / F: the tape rows as int64 / float64 (two arguments: each array argument
+    costs ~1 us to unbox, and this is called once per flush)."""
+    code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    r = lo
+    while r < hi:
+        k = code[r]
+        op = k >> 5
+        if op == 0:
+            r += 1
+            continue
+        if op == 1 or (k & 3) != {{dt}}:
+            return r
+        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
+            e = r + 1
+            while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= {b_hi} and n[e] == n[r]
+                   and (code[e] & 3) == {{dt}}):
+                e += 1
+            _fwd_tiles_{{suf}}(code, n, out, a, b, c, r, e, n[r])
+            r = e
+            continue
+        _fwd_one_{{suf}}(r, code, n, out, a, b, c, 0, n[r])
+        r += 1
+    return -1
+
+
+@njit(**NJIT_INNER)
+def _bwd_one_{{suf}}(q, code, n, out, a, b, c, gaddr, ga, gb, t0, m):  # pragma: no cover
+    k = code[q]
+    bc = (k >> 2) & 3
+    op = k >> 5
+    oa = 0 if bc & 1 else t0 * {{isz}}
+    ob = 0 if bc & 2 else t0 * {{isz}}
+    if op > {b_hi}:
+        oa = 0
+    _bwd_typed(op, bc, {{ptr}}(out[q] + t0 * {{isz}}), {{ptr}}(a[q] + oa), {{ptr}}(b[q] + ob), {{ptr}}(gaddr[q] + t0 * {{isz}}),
+               {{ptr}}(ga + oa), {{ptr}}(gb + ob), ga != 0, gb != 0, m, b[q], c[q])
+
+
+@njit(**NJIT_PARALLEL)
+def _bwd_tiles_par_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+    nt = (total + TILE - 1) // TILE
+    for t in prange(nt):
+        t0 = t * TILE
+        m = min(TILE, total - t0)
+        for q in range(r1, r0 - 1, -1):
+            if gaddr[q] != 0 and (code[q] >> 5) != 0:
+                _bwd_one_{{suf}}(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+
+
+@njit(**NJIT)
+def _bwd_tiles_seq_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+    nt = (total + TILE - 1) // TILE
+    for t in range(nt):
+        t0 = t * TILE
+        m = min(TILE, total - t0)
+        for q in range(r1, r0 - 1, -1):
+            if gaddr[q] != 0 and (code[q] >> 5) != 0:
+                _bwd_one_{{suf}}(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+
+
+@njit(**NJIT)
+def backward_{{suf}}(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+    """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
+    stop at an escape record or a record of the other float dtype and return
+    its index. Runs of large elementwise
+    records go tile by tile (in parallel unless an input is broadcast)."""
+    code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    r = hi
+    while r >= lo:
+        if gaddr[r] == 0:
+            r -= 1
+            continue
+        k = code[r]
+        op = k >> 5
+        if op == 1 or (op != 0 and (k & 3) != {{dt}}):
+            return r
+        if op == 0:
+            r -= 1
+            continue
+        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
+            s = r - 1
+            while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]
+                   and (code[s] & 3) == {{dt}}):
+                s -= 1
+            s += 1
+            GA = np.zeros(r - s + 1, np.int64)
+            GB = np.zeros(r - s + 1, np.int64)
+            par = True
+            for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
+                if gaddr[q] == 0 or (code[q] >> 5) == 0:
+                    continue
+                GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+                if (code[q] >> 5) >= {b_lo}:
+                    GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+                if (code[q] >> 2) & 3:
+                    par = False
+            if par:
+                _bwd_tiles_par_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+            else:
+                _bwd_tiles_seq_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+            r = s - 1
+            continue
+        ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        gb = 0
+        if op >= {b_lo} and op <= {b_hi}:
+            gb = _grad_addr(pb[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        _bwd_one_{{suf}}(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
+        r -= 1
+    return -1
+
+
+'''
+
+
 def _unary(rows):
     f = ["@njit(**NJIT_INNER)", "def _unary_fwd(op, x, o, n, c):  # pragma: no cover"]
     b = ["@njit(**NJIT_INNER)", "def _unary_bwd(op, x, y, g, gx, n, c):  # pragma: no cover"]
@@ -131,287 +276,11 @@ def _grad_addr(p, gaddr, leaf_addr, leaf_state, leaf_nbytes, base):  # pragma: n
     return 0
 
 
-# ----- float32 entry points --------------------------------------------------
-
-@njit(**NJIT_INNER)
-def _fwd_one_f32(q, code, n, out, a, b, c, t0, m):  # pragma: no cover
-    """Record q on elements t0..t0+m-1 (a tile; broadcast inputs are not offset)."""
-    k = code[q]
-    bc = (k >> 2) & 3
-    oa = 0 if bc & 1 else t0 * 4
-    ob = 0 if bc & 2 else t0 * 4
-    _fwd_typed(k >> 5, bc, f32p(out[q] + t0 * 4), f32p(a[q] + oa), f32p(b[q] + ob), m, b[q], c[q])
-
-
-@njit(**NJIT_PARALLEL)
-def _fwd_tiles_f32(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
-    """A run of elementwise records of `total` elements each, tile by tile
-    (intermediates stay in cache), tiles in parallel."""
-    nt = (total + TILE - 1) // TILE
-    for t in prange(nt):
-        t0 = t * TILE
-        m = min(TILE, total - t0)
-        for q in range(r0, r1):
-            if (code[q] >> 5) != 0:
-                _fwd_one_f32(q, code, n, out, a, b, c, t0, m)
-
-
-@njit(**NJIT)
-def forward_f32(T, F, lo, hi):  # pragma: no cover
-    """Run records lo..hi-1 in program order; stop at an escape record or at a
-    record of the other float dtype (each dtype compiles only when used).
-    T / F: the tape rows as int64 / float64 (two arguments: each array argument
-    costs ~1 us to unbox, and this is called once per flush)."""
-    code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
-    r = lo
-    while r < hi:
-        k = code[r]
-        op = k >> 5
-        if op == 0:
-            r += 1
-            continue
-        if op == 1 or (k & 3) != 0:
-            return r
-        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
-            e = r + 1
-            while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= {b_hi} and n[e] == n[r]
-                   and (code[e] & 3) == 0):
-                e += 1
-            _fwd_tiles_f32(code, n, out, a, b, c, r, e, n[r])
-            r = e
-            continue
-        _fwd_one_f32(r, code, n, out, a, b, c, 0, n[r])
-        r += 1
-    return -1
-
-
-@njit(**NJIT_INNER)
-def _bwd_one_f32(q, code, n, out, a, b, c, gaddr, ga, gb, t0, m):  # pragma: no cover
-    k = code[q]
-    bc = (k >> 2) & 3
-    op = k >> 5
-    oa = 0 if bc & 1 else t0 * 4
-    ob = 0 if bc & 2 else t0 * 4
-    if op > {b_hi}:
-        oa = 0
-    _bwd_typed(op, bc, f32p(out[q] + t0 * 4), f32p(a[q] + oa), f32p(b[q] + ob), f32p(gaddr[q] + t0 * 4),
-               f32p(ga + oa), f32p(gb + ob), ga != 0, gb != 0, m, b[q], c[q])
-
-
-@njit(**NJIT_PARALLEL)
-def _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
-    nt = (total + TILE - 1) // TILE
-    for t in prange(nt):
-        t0 = t * TILE
-        m = min(TILE, total - t0)
-        for q in range(r1, r0 - 1, -1):
-            if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f32(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
-
-
-@njit(**NJIT)
-def _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
-    nt = (total + TILE - 1) // TILE
-    for t in range(nt):
-        t0 = t * TILE
-        m = min(TILE, total - t0)
-        for q in range(r1, r0 - 1, -1):
-            if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f32(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
-
-
-@njit(**NJIT)
-def backward_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
-    """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
-    stop at an escape record or a record of the other float dtype and return
-    its index. Runs of large elementwise
-    records go tile by tile (in parallel unless an input is broadcast)."""
-    code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
-    r = hi
-    while r >= lo:
-        if gaddr[r] == 0:
-            r -= 1
-            continue
-        k = code[r]
-        op = k >> 5
-        if op == 1 or (op != 0 and (k & 3) != 0):
-            return r
-        if op == 0:
-            r -= 1
-            continue
-        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
-            s = r - 1
-            while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]
-                   and (code[s] & 3) == 0):
-                s -= 1
-            s += 1
-            GA = np.zeros(r - s + 1, np.int64)
-            GB = np.zeros(r - s + 1, np.int64)
-            par = True
-            for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
-                if gaddr[q] == 0 or (code[q] >> 5) == 0:
-                    continue
-                GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-                if (code[q] >> 5) >= {b_lo}:
-                    GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-                if (code[q] >> 2) & 3:
-                    par = False
-            if par:
-                _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
-            else:
-                _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
-            r = s - 1
-            continue
-        ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-        gb = 0
-        if op >= {b_lo} and op <= {b_hi}:
-            gb = _grad_addr(pb[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-        _bwd_one_f32(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
-        r -= 1
-    return -1
-
-
-# ----- float64 entry points --------------------------------------------------
-
-@njit(**NJIT_INNER)
-def _fwd_one_f64(q, code, n, out, a, b, c, t0, m):  # pragma: no cover
-    """Record q on elements t0..t0+m-1 (a tile; broadcast inputs are not offset)."""
-    k = code[q]
-    bc = (k >> 2) & 3
-    oa = 0 if bc & 1 else t0 * 8
-    ob = 0 if bc & 2 else t0 * 8
-    _fwd_typed(k >> 5, bc, f64p(out[q] + t0 * 8), f64p(a[q] + oa), f64p(b[q] + ob), m, b[q], c[q])
-
-
-@njit(**NJIT_PARALLEL)
-def _fwd_tiles_f64(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
-    """A run of elementwise records of `total` elements each, tile by tile
-    (intermediates stay in cache), tiles in parallel."""
-    nt = (total + TILE - 1) // TILE
-    for t in prange(nt):
-        t0 = t * TILE
-        m = min(TILE, total - t0)
-        for q in range(r0, r1):
-            if (code[q] >> 5) != 0:
-                _fwd_one_f64(q, code, n, out, a, b, c, t0, m)
-
-
-@njit(**NJIT)
-def forward_f64(T, F, lo, hi):  # pragma: no cover
-    """Run records lo..hi-1 in program order; stop at an escape record or at a
-    record of the other float dtype (each dtype compiles only when used).
-    T / F: the tape rows as int64 / float64 (two arguments: each array argument
-    costs ~1 us to unbox, and this is called once per flush)."""
-    code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
-    r = lo
-    while r < hi:
-        k = code[r]
-        op = k >> 5
-        if op == 0:
-            r += 1
-            continue
-        if op == 1 or (k & 3) != 1:
-            return r
-        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
-            e = r + 1
-            while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= {b_hi} and n[e] == n[r]
-                   and (code[e] & 3) == 1):
-                e += 1
-            _fwd_tiles_f64(code, n, out, a, b, c, r, e, n[r])
-            r = e
-            continue
-        _fwd_one_f64(r, code, n, out, a, b, c, 0, n[r])
-        r += 1
-    return -1
-
-
-@njit(**NJIT_INNER)
-def _bwd_one_f64(q, code, n, out, a, b, c, gaddr, ga, gb, t0, m):  # pragma: no cover
-    k = code[q]
-    bc = (k >> 2) & 3
-    op = k >> 5
-    oa = 0 if bc & 1 else t0 * 8
-    ob = 0 if bc & 2 else t0 * 8
-    if op > {b_hi}:
-        oa = 0
-    _bwd_typed(op, bc, f64p(out[q] + t0 * 8), f64p(a[q] + oa), f64p(b[q] + ob), f64p(gaddr[q] + t0 * 8),
-               f64p(ga + oa), f64p(gb + ob), ga != 0, gb != 0, m, b[q], c[q])
-
-
-@njit(**NJIT_PARALLEL)
-def _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
-    nt = (total + TILE - 1) // TILE
-    for t in prange(nt):
-        t0 = t * TILE
-        m = min(TILE, total - t0)
-        for q in range(r1, r0 - 1, -1):
-            if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f64(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
-
-
-@njit(**NJIT)
-def _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
-    nt = (total + TILE - 1) // TILE
-    for t in range(nt):
-        t0 = t * TILE
-        m = min(TILE, total - t0)
-        for q in range(r1, r0 - 1, -1):
-            if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f64(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
-
-
-@njit(**NJIT)
-def backward_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
-    """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
-    stop at an escape record or a record of the other float dtype and return
-    its index. Runs of large elementwise
-    records go tile by tile (in parallel unless an input is broadcast)."""
-    code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
-    r = hi
-    while r >= lo:
-        if gaddr[r] == 0:
-            r -= 1
-            continue
-        k = code[r]
-        op = k >> 5
-        if op == 1 or (op != 0 and (k & 3) != 1):
-            return r
-        if op == 0:
-            r -= 1
-            continue
-        if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
-            s = r - 1
-            while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]
-                   and (code[s] & 3) == 1):
-                s -= 1
-            s += 1
-            GA = np.zeros(r - s + 1, np.int64)
-            GB = np.zeros(r - s + 1, np.int64)
-            par = True
-            for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
-                if gaddr[q] == 0 or (code[q] >> 5) == 0:
-                    continue
-                GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-                if (code[q] >> 5) >= {b_lo}:
-                    GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-                if (code[q] >> 2) & 3:
-                    par = False
-            if par:
-                _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
-            else:
-                _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
-            r = s - 1
-            continue
-        ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-        gb = 0
-        if op >= {b_lo} and op <= {b_hi}:
-            gb = _grad_addr(pb[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-        _bwd_one_f64(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
-        r -= 1
-    return -1
-
-
-@njit(**NJIT)
+'''
+    typed = TYPED_TEMPLATE.format(b_lo=b_lo, b_hi=b_hi)
+    for suf, ptr, isz, dt, dtname in (("f32", "f32p", 4, 0, "float32"), ("f64", "f64p", 8, 1, "float64")):
+        body += typed.format(suf=suf, ptr=ptr, isz=isz, dt=dt, dtname=dtname)
+    body += f'''@njit(**NJIT)
 def mark(T, edges, root, lo, base, need):  # pragma: no cover
     """Mark the records reachable from `root` that lead to a gradient; return
     the bytes of gradient scratch they need (need[r] = byte offset + 1), or
