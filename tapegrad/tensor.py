@@ -212,6 +212,8 @@ class Tensor:
 
     @requires_grad.setter
     def requires_grad(self, v):
+        if v and self._rec < 0 and not self._dtype.is_floating_point:
+            raise RuntimeError("only Tensors of floating point and complex dtype can require gradients")
         self.requires_grad_(v)
 
     def requires_grad_(self, requires_grad=True):
@@ -630,13 +632,17 @@ def _wrap_dim(dim, ndim):
 # ----- the record path --------------------------------------------------------
 
 def _producer(t):
-    """Producer code of an input that requires grad (see tape.py)."""
+    """Producer code of an input that requires grad (see tape.py). A leaf is
+    held by the tape while records use it (released by Tape.sweep)."""
     r = t._rec
     if r >= 0:
         return r
     s = t._slot
     if s < 0:
         s = t._slot = TAPE.new_leaf_slot(t._n * t._dtype.itemsize, t)
+    hold = TAPE.leaf_hold
+    if s not in hold:
+        hold[s] = t
     return -2 - s
 
 
@@ -908,10 +914,35 @@ def _to_array(data):
     return np.asarray(data)
 
 
+def _check_ragged(data, dim=0):
+    """torch's error for nested sequences of uneven length (NumPy's is different)."""
+    if not isinstance(data, (list, tuple)) or not data:
+        return
+    first = data[0]
+    if isinstance(first, (list, tuple)):
+        n = len(first)
+        for e in data:
+            if not isinstance(e, (list, tuple)):
+                raise TypeError(f"'{type(first).__name__}' object cannot be interpreted as an integer")
+            if len(e) != n:
+                raise ValueError(f"expected sequence of length {n} at dim {dim + 1} (got {len(e)})")
+            _check_ragged(e, dim + 1)
+    elif any(isinstance(e, (list, tuple)) for e in data):
+        raise TypeError(f"'{type(next(e for e in data if isinstance(e, (list, tuple)))).__name__}' object cannot "
+                        f"be interpreted as an integer")
+
+
+def _check_requires_grad_dtype(requires_grad, dt):
+    if requires_grad and not dt.is_floating_point:
+        raise RuntimeError("Only Tensors of floating point and complex dtype can require gradients")
+
+
 def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False):
     _check_device(device)
     dtype = D.as_dtype(dtype)
+    _check_ragged(data)
     dt = dtype or _infer_dtype(data)
+    _check_requires_grad_dtype(requires_grad, dt)
     try:
         arr = _to_array(data)
     except ValueError as e:
@@ -960,6 +991,7 @@ def _shape_args(size):
 
 
 def _filled(shape, value, dtype, requires_grad):
+    _check_requires_grad_dtype(requires_grad, dtype)
     t = _empty(shape, dtype)
     if value != 0 and t._n:
         t._view_np()[...] = value

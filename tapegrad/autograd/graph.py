@@ -23,6 +23,20 @@ class Node:
     def __init__(self, r, name):
         self._r = r
         self._name = name
+        if r >= 0:    # a held node keeps its record (and so its graph) alive, as in torch
+            TAPE.pins[r] = TAPE.pins.get(r, 0) + 1
+
+    def __del__(self):
+        try:
+            r = self._r
+            if r >= 0:
+                c = TAPE.pins.get(r, 0) - 1
+                if c > 0:
+                    TAPE.pins[r] = c
+                else:
+                    TAPE.pins.pop(r, None)
+        except Exception:  # interpreter shutdown
+            pass
 
     def name(self):
         return self._name
@@ -36,7 +50,13 @@ class Node:
 
     @property
     def next_functions(self):
-        return tuple((_node_for_code(p), 0) for p in _producers(self._r))
+        prods = _producers(self._r)
+        name = _op_name(self._r)
+        if name in _WRAPPED_SCALAR:
+            prods = prods + [-1]     # torch wraps the Python number in a tensor: a second input, (None, 0)
+        elif name in _NON_DIFF_FIRST:
+            prods = prods[1:]        # torch lists only differentiable inputs (where's condition is not one)
+        return tuple((_node_for_code(p), 0) for p in prods)
 
     @property
     def record_index(self):
@@ -47,10 +67,13 @@ class Node:
         raise NotImplementedError("Node.register_hook is not implemented yet")
 
 
-class AccumulateGrad:
-    __slots__ = ("_var", "__weakref__")
+class AccumulateGrad(Node):
+    """A leaf's node (torch: ``isinstance(acc, torch.autograd.graph.Node)`` holds)."""
+    __slots__ = ("_var",)
 
     def __init__(self, var):
+        self._r = -1
+        self._name = "torch::autograd::AccumulateGrad"
         self._var = var
 
     def name(self):
@@ -66,6 +89,35 @@ class AccumulateGrad:
 
     def __repr__(self):
         return f"<AccumulateGrad object at {hex(id(self))}>"
+
+
+# Rows that take a Python number as their second operand: torch's node (AddBackward0, MulBackward0...)
+# has the wrapped number as a second input that needs no gradient.
+_WRAPPED_SCALAR = {"add_scalar", "sub_scalar", "mul_scalar", "div_scalar"}
+# Rows whose first input is not an input of torch's node.
+_NON_DIFF_FIRST = {"where"}
+
+
+def _op_name(r):
+    row = _row(r)
+    op = row[0] >> 5
+    if op == PY:
+        rec = TAPE.py.get(r)
+        return rec.spec.name if rec is not None else None
+    spec = BY_OPCODE.get(op)
+    return spec.name if spec is not None else None
+
+
+_CLASSES = {}
+
+
+def _node_class(name):
+    """One Python class per PyTorch node name, so that ``type(y.grad_fn).__name__`` is
+    'PowBackward0' as in torch (whose node classes are generated per backward formula)."""
+    cls = _CLASSES.get(name)
+    if cls is None:
+        cls = _CLASSES[name] = type(name, (Node,), {"__slots__": (), "__module__": "tapegrad.autograd.graph"})
+    return cls
 
 
 def _row(r):
@@ -125,6 +177,6 @@ def node_for_record(r):
         row = _row(r)
         op = row[0] >> 5
         spec = TAPE.py[r].spec if op == PY else BY_OPCODE[op]
-        n = Node(r, spec.grad_fn)
+        n = _node_class(spec.grad_fn)(r, spec.grad_fn)
         _NODES[r] = n
     return n

@@ -15,11 +15,16 @@ _PY = 1
 
 
 @njit(**NJIT)
-def sweep(T, edges, base, flushed_phys):  # pragma: no cover
+def sweep(T, edges, base, flushed_phys, used, pins):  # pragma: no cover
     """live[i] for every physical record; returns (live, length of the dead
-    prefix that has already run forward and can be dropped)."""
+    prefix that has already run forward and can be dropped). used[s] is set
+    for every leaf slot s that a live record reads. pins: global indices of
+    records that a held grad_fn Node keeps alive."""
     n = T.shape[0]
     live = np.zeros(n, np.uint8)
+    for p in pins:
+        if base <= p < base + n:
+            live[p - base] = 1
     for i in range(n - 1, -1, -1):
         if T[i, 7]:
             live[i] = 1
@@ -31,13 +36,15 @@ def sweep(T, edges, base, flushed_phys):  # pragma: no cover
                 p = edges[e + 1 + q]
                 if p >= base:
                     live[p - base] = 1
+                elif p <= -2 and -p - 2 < used.shape[0]:
+                    used[-p - 2] = 1
         else:
-            p = T[i, 5]
-            if p >= base:
-                live[p - base] = 1
-            p = T[i, 6]
-            if p >= base:
-                live[p - base] = 1
+            for col in (5, 6):
+                p = T[i, col]
+                if p >= base:
+                    live[p - base] = 1
+                elif p <= -2 and -p - 2 < used.shape[0]:
+                    used[-p - 2] = 1
     k = 0
     while k < n and k < flushed_phys and live[k] == 0:
         k += 1

@@ -63,7 +63,7 @@ _ROWS = [
     _u("reciprocal", "ReciprocalBackward0", ("result",), lambda x, c: 1 / x, "self: -grad * result * result"),
     _u("pow_scalar", "PowBackward0", ("self",), lambda x, c: np.power(x, c),
        "self: grad * c * self.pow(c - 1) (0 where c == 0)", rule="powc", mnemonic="pow"),
-    _u("rpow_scalar", "PowBackward1", ("result",), lambda x, c: np.power(c, x),
+    _u("rpow_scalar", "PowBackward2", ("result",), lambda x, c: np.power(c, x),
        "self: grad * result * log(c)", rule="rpowc", mnemonic="rpow"),
     _u("add_scalar", "AddBackward0", (), lambda x, c: x + c, "self: grad", rule="adds", mnemonic="add"),
     _u("sub_scalar", "SubBackward0", (), lambda x, c: x - c, "self: grad", rule="subs", mnemonic="sub"),

@@ -43,6 +43,7 @@ ROW = NCOL * 8
 ALIVE = 7 * 8             # byte offset of the alive flag in a row
 PACK = struct.Struct("<8qd").pack_into
 _NO_EDGES = np.zeros(1, np.int64)
+_NO_PINS = np.zeros(0, np.int64)
 SECOND_TIME = ("Trying to backward through the graph a second time (or directly access saved tensors after "
                "they have already been freed). Saved intermediate values of the graph are freed when you call "
                ".backward() or autograd.grad(). Specify retain_graph=True if you need to backward through the "
@@ -90,6 +91,9 @@ class Tape:
         self.leaf_state = array("b")
         self.leaf_buf = []         # the buffers themselves (kept alive)
         self.leaf_owner = []       # weakref to the leaf tensor (for AccumulateGrad.variable)
+        self.pins = {}             # global index -> number of grad_fn Nodes that keep the record alive
+        self.leaf_hold = {}        # slot -> leaf, while live records may use it (torch's AccumulateGrad
+                                   # keeps its leaf alive); released by sweep
         self.leaf_free = []
         self.leaf_dying = []       # (global record index at death, slot)
 
@@ -196,8 +200,13 @@ class Tape:
             return 0
         T, _ = self.cols()
         edges = np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES
-        live, k = _lifetime.sweep(T, edges, self.base, self.flushed - self.base)
+        used = np.zeros(len(self.leaf_addr), np.uint8)
+        pins = np.fromiter(self.pins, np.int64, len(self.pins)) if self.pins else _NO_PINS
+        live, k = _lifetime.sweep(T, edges, self.base, self.flushed - self.base, used, pins)
         del T, edges
+        if self.leaf_hold:
+            for slot in [s_ for s_ in self.leaf_hold if not used[s_]]:
+                del self.leaf_hold[slot]
         base, n = self.base, len(live)
         # an index at or past the end is a record being appended right now: live
         for key in [key for key, (buf, recs) in self.big.items()
@@ -228,7 +237,10 @@ class Tape:
             self.edges = array("q")
         still = []
         for dead_at, slot in self.leaf_dying:
-            (self.leaf_free if dead_at <= base else still).append(slot)
+            if dead_at <= base:      # no record that may use the slot is left: recycle it
+                self.leaf_free.append(slot)
+            else:
+                still.append((dead_at, slot))
         self.leaf_dying = still
 
     # ----- leaves --------------------------------------------------------------
@@ -278,7 +290,6 @@ class Tape:
         """Reverse replay from global record `root`, its gradient `seed` (an
         array of the root's shape and dtype). Fills leaf slots and retained
         grads; frees saved values unless retain_graph."""
-        self.flush()
         base = self.base
         lo = base
         T, C = self.cols()
@@ -289,6 +300,9 @@ class Tape:
             raise RuntimeError(SECOND_TIME)
         if self.inplace_log:
             self._check_versions(T, need, lo)
+        del T, C
+        self.flush()      # only now: a backward that raises above leaves the tape as it was
+        T, C = self.cols()
         scratch = self._scratch_keep
         if scratch is None or scratch.nbytes < total + 64 or __import__("sys").getrefcount(scratch) > 2:
             scratch = self._scratch_keep = np.zeros(int(total) + 64, np.uint8)
