@@ -37,11 +37,26 @@ def _cache_dir():
     return os.path.join(tempfile.gettempdir(), "tapegrad-numba-cache")
 
 
-CACHE_DIR = _cache_dir()
-os.environ.setdefault("NUMBA_CACHE_DIR", CACHE_DIR)
-import numba  # noqa: E402  (after NUMBA_CACHE_DIR is set)
+def _kernel_hash():
+    """Numba keys a cached function on its own file only, so a cached replay that
+    inlines a changed rule from another module would go stale. The cache dir
+    carries a hash of every kernel source, so any change compiles afresh."""
+    import hashlib
+    h = hashlib.sha1()
+    kdir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
+    for fn in sorted(os.listdir(kdir)):
+        if fn.endswith(".py"):
+            with open(os.path.join(kdir, fn), "rb") as f:
+                h.update(fn.encode() + f.read())
+    return h.hexdigest()[:12]
 
-numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+
+#: where compiled kernels are cached: NUMBA_CACHE_DIR (or a default) / k<hash of kernel sources>.
+#: The environment is left as it is, so subprocesses find the same cache.
+CACHE_DIR = os.path.join(_cache_dir(), "k" + _kernel_hash())
+import numba  # noqa: E402
+
+numba.config.CACHE_DIR = CACHE_DIR
 #: threading layer of the parallel tile loops. GNU OpenMP's idle workers spin after each
 #: parallel region and steal both cores from OpenBLAS: numpy matmuls inside a training step
 #: ran 6-9x slower (0.46 ms -> 2.9-4.1 ms measured); workqueue threads sleep.

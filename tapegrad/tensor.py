@@ -322,6 +322,12 @@ class Tensor:
 
     @data.setter
     def data(self, other):
+        if (other._shape != self._shape or other._dtype is not self._dtype) and self._slot >= 0:
+            # the gradient slot has the old size: give the leaf a new one on next use
+            TAPE.leaf_hold.pop(self._slot, None)
+            TAPE.free_leaf_slot(self._slot)
+            self._slot = -1
+            self._gradt = None
         self._base, self._addr, self._shape, self._stride = other._base, other._addr, other._shape, other._stride
         self._dtype, self._n, self._contig, self._np = other._dtype, other._n, other._contig, None
 
@@ -454,7 +460,7 @@ class Tensor:
         return self
 
     def cuda(self, *a, **k):
-        raise RuntimeError("Torch not compiled with CUDA enabled")
+        raise AssertionError("Torch not compiled with CUDA enabled")
 
     def float(self):
         return self.to(D.float32)
@@ -566,7 +572,7 @@ def _check_device(d):
         return
     t = d.type if isinstance(d, device) else str(d).split(":")[0]
     if t == "cuda":
-        raise RuntimeError("Torch not compiled with CUDA enabled")
+        raise AssertionError("Torch not compiled with CUDA enabled")   # torch's CPU build raises this type
     if t != "cpu":
         device(t)
 
@@ -764,7 +770,7 @@ def _make_jit_binary(name):
     opc = _OP[name] << 5
 
     def op(x, y, c=1.0):
-        if type(y) is not Tensor:
+        if type(y) is not Tensor and not isinstance(y, Tensor):   # a Parameter takes the jitted row too
             return _binary_other(name, x, y, c)
         dt = x._dtype
         if y._dtype is not dt or dt.code > 1 or not x._contig or not y._contig:

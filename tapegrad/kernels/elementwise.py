@@ -12,7 +12,9 @@ inline into the CPU replay with ``numba.njit(inline="always")`` (see
 ``cpu.py``), and compile for the GPU with ``cuda.jit(device=True)``
 (``tests/test_kernels_cudasim.py`` keeps that true under the simulator).
 Derivatives follow PyTorch's ``derivatives.yaml``; a ``NOTE:`` marks every
-place where the choice at a kink changes a gradient.
+place where the choice at a kink changes a gradient. Where PyTorch masks
+(``where(cond, grad, 0)``) the rule returns a literal 0.0, never ``0.0 * g``:
+that would turn an infinite or nan gradient (or input) into nan.
 """
 import math
 
@@ -84,12 +86,12 @@ def sigmoid_b(x, y, g, c):
 
 def relu_f(x, c):
     # NOTE: relu(nan) is nan in PyTorch; `x > 0 ? x : 0` would give 0
-    return x if (x > 0.0 or x != x) else 0.0 * x
+    return x if (x > 0.0 or x != x) else 0.0
 
 
 def relu_b(x, y, g, c):
     # NOTE: PyTorch's threshold_backward uses the result: gradient 0 at x == 0
-    return g if y > 0.0 else 0.0 * g
+    return g if y > 0.0 else 0.0
 
 
 def abs_f(x, c):
@@ -102,7 +104,7 @@ def abs_b(x, y, g, c):
         return g
     if x < 0.0:
         return -g
-    return 0.0 * g
+    return 0.0
 
 
 def sqrt_f(x, c):
@@ -138,7 +140,7 @@ def powc_f(x, c):           # x ** c, c a Python number
 def powc_b(x, y, g, c):
     # NOTE: PyTorch's pow_backward: zero gradient when the exponent is 0
     if c == 0.0:
-        return 0.0 * g
+        return 0.0
     return g * c * _pow(x, c - 1.0)
 
 
@@ -149,7 +151,7 @@ def rpowc_f(x, c):          # c ** x, c a Python number
 def rpowc_b(x, y, g, c):
     # NOTE: pow_backward_exponent: 0 where base == 0 and exponent >= 0
     if c == 0.0 and x >= 0.0:
-        return 0.0 * g
+        return 0.0
     return g * y * math.log(c) if c > 0.0 else g * y * math.nan
 
 
@@ -195,19 +197,19 @@ def divs_b(x, y, g, c):
 
 def clampmin_f(x, c):
     # NOTE: clamp propagates nan like PyTorch
-    return x if (x >= c or x != x) else c + 0.0 * x
+    return x if (x >= c or x != x) else c
 
 
 def clampmin_b(x, y, g, c):
-    return g if x >= c else 0.0 * g
+    return g if x >= c else 0.0
 
 
 def clampmax_f(x, c):
-    return x if (x <= c or x != x) else c + 0.0 * x
+    return x if (x <= c or x != x) else c
 
 
 def clampmax_b(x, y, g, c):
-    return g if x <= c else 0.0 * g
+    return g if x <= c else 0.0
 
 
 def copy_f(x, c):           # x.clone(), contiguous copy
@@ -260,9 +262,9 @@ def pow_f(x, z, c):
 
 def pow_b(x, z, y, g, c):
     # NOTE: as PyTorch: d/dx is 0 where z == 0; d/dz is 0 where x == 0 and z >= 0
-    gx = 0.0 * g if z == 0.0 else g * z * _pow(x, z - 1.0)
+    gx = 0.0 if z == 0.0 else g * z * _pow(x, z - 1.0)
     if x == 0.0 and z >= 0.0:
-        gz = 0.0 * g
+        gz = 0.0
     else:
         gz = g * y * (math.log(x) if x > 0.0 else math.nan)
     return gx, gz
@@ -279,8 +281,8 @@ def maximum_b(x, z, y, g, c):
     if x == z:
         return g * 0.5, g * 0.5
     if x > z:
-        return g, 0.0 * g
-    return 0.0 * g, g
+        return g, 0.0
+    return 0.0, g
 
 
 def minimum_f(x, z, c):
@@ -293,8 +295,8 @@ def minimum_b(x, z, y, g, c):
     if x == z:
         return g * 0.5, g * 0.5
     if x < z:
-        return g, 0.0 * g
-    return 0.0 * g, g
+        return g, 0.0
+    return 0.0, g
 
 # ----- helpers (also plain Python, compiled inline) --------------------------
 
