@@ -25,7 +25,7 @@ def test_every_jit_row_has_both_rules(spec):
     nargs = 2 if spec.kind == "unary" else 3
     assert len(inspect.signature(f).parameters) == nargs
     assert len(inspect.signature(b).parameters) == nargs + 2
-    assert spec.grad_fn.endswith(("Backward0", "Backward1"))
+    assert re.fullmatch(r"\w+Backward\d", spec.grad_fn)
     assert spec.ref is not None and spec.vjp
 
 
