@@ -70,3 +70,7 @@ def tape(t=None, names=None):
     id(leaf) -> a name to print instead of ``leaf<slot>``."""
     from .tape.printer import TapeView
     return TapeView(t, names)
+
+
+from . import nn  # noqa: E402,F401  (last: nn imports the namespace above)
+from . import optim  # noqa: E402,F401

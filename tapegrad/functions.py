@@ -85,12 +85,12 @@ __all__.append("clip")
 
 @_export
 def clamp_min(input, min):  # noqa: A002
-    return P.clamp(input, min, None)
+    return P.clamp(input, min, None, single=True)
 
 
 @_export
 def clamp_max(input, max):  # noqa: A002
-    return P.clamp(input, None, max)
+    return P.clamp(input, None, max, single=True)
 
 
 # ----- binary rows ----------------------------------------------------------------

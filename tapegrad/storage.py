@@ -62,6 +62,13 @@ class Arena:
         slab = np.zeros(nbytes, dtype=np.uint8)
         return slab, slab.ctypes.data
 
+    def retire_current(self):
+        """Stop allocating from the current slab (its storage was handed to NumPy)."""
+        if self.slab is not None:
+            if self.retire is not None:
+                self.retire(self.slab)
+            self.slab, self.addr, self.off, self.size = None, 0, 0, 0
+
     def alloc(self, nbytes, zero=True):
         """Return (base, address) of `nbytes` bytes that never move, zeroed
         unless zero=False (outputs that a record overwrites entirely)."""

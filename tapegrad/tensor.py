@@ -16,6 +16,7 @@ Two record paths:
 import math
 import numbers
 import warnings
+import weakref
 
 import numpy as np
 
@@ -251,8 +252,8 @@ class Tensor:
                     "attribute won't be populated during autograd.backward(). If you indeed want the .grad field "
                     "to be populated for a non-leaf Tensor, use .retain_grad() on the non-leaf Tensor. If you "
                     "access the non-leaf Tensor by mistake, make sure you access the leaf Tensor instead. See "
-                    "github.com/pytorch/pytorch/pull/30531 for more informations. (Triggered internally at "
-                    "/pytorch/build/aten/src/ATen/core/TensorBody.h:489.)", UserWarning, stacklevel=2)
+                    "github.com/pytorch/pytorch/pull/30531 for more information. (Triggered internally at "
+                    "/__w/pytorch/pytorch/build/aten/src/ATen/core/TensorBody.h:493.)", UserWarning, stacklevel=2)
             return self._gradt
         s = self._slot
         if s < 0 or TAPE.leaf_state[s] == 0:
@@ -303,7 +304,7 @@ class Tensor:
             raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
         if self._rec >= 0 and not self._retain:
             self._retain = True
-            TAPE.retained[self._rec] = self
+            TAPE.retained[self._rec] = weakref.ref(self)   # weak: retain_grad must not pin the tape
         return None
 
     @property
@@ -345,7 +346,7 @@ class Tensor:
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() "
                                "instead.")
         a = self._values()
-        self._exposed = True
+        _expose(self)
         return a
 
     def __array__(self, dtype=None, copy=None):
@@ -353,6 +354,8 @@ class Tensor:
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() "
                                "instead.")
         a = self._values()
+        if dtype is None or a.dtype == dtype:
+            _expose(self)
         return a.astype(dtype) if dtype is not None else a
 
     def item(self):
@@ -509,25 +512,32 @@ class Tensor:
         self._check_inplace()
         return P.copy_(self, src)
 
+    # NOTE: every in-place method checks the leaf rule first, so that nothing is recorded before it raises
     def add_(self, other, alpha=1):
+        self._check_inplace()
         return self.copy_(self.add(other, alpha=alpha)) if not _trivial_inplace(self, other) else \
             P.inplace(self, "add", other, alpha)
 
     def sub_(self, other, alpha=1):
+        self._check_inplace()
         return self.copy_(self.sub(other, alpha=alpha)) if not _trivial_inplace(self, other) else \
             P.inplace(self, "sub", other, alpha)
 
     def mul_(self, other):
+        self._check_inplace()
         return self.copy_(self.mul(other)) if not _trivial_inplace(self, other) else P.inplace(self, "mul", other)
 
     def div_(self, other):
+        self._check_inplace()
         return self.copy_(self.div(other)) if not _trivial_inplace(self, other) else P.inplace(self, "div", other)
 
     def clamp_(self, min=None, max=None):
+        self._check_inplace()
         return self.copy_(self.clamp(min, max))
 
     def __setitem__(self, idx, value):
-        self._check_inplace()
+        if self._rg and self._rec < 0 and _GRAD[0]:
+            raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
         P.setitem(self, idx, value)
 
     __iadd__ = add_
@@ -575,6 +585,27 @@ def _check_device(d):
         raise AssertionError("Torch not compiled with CUDA enabled")   # torch's CPU build raises this type
     if t != "cpu":
         device(t)
+
+
+#: ids of root buffers that NumPy can read or write at any moment (DESIGN invariant 2): a
+#: record touching such storage runs before its op returns. Exposure is per storage, not per
+#: Tensor object: `np.asarray(t)`, `t[0].numpy()` or `t.detach().numpy()` expose t's memory.
+EXPOSED = set()
+
+
+def _expose(t):
+    t._exposed = True
+    b = t._base
+    k = id(b)
+    if k not in EXPOSED:
+        EXPOSED.add(k)
+        weakref.finalize(b, EXPOSED.discard, k)
+        if b is ARENA.slab:
+            ARENA.retire_current()   # new tensors must not land in memory NumPy may write
+
+
+def is_exposed(t):
+    return t._exposed or (bool(EXPOSED) and id(t._base) in EXPOSED)
 
 
 def _rebuild(arr, rg):
@@ -726,7 +757,7 @@ def _make_jit_unary(name):
             out._rec = -1
             out._rg = False
         tape.n = i + 1
-        if x._exposed or r - tape.flushed >= _FLUSH_BOUND:
+        if x._exposed or r - tape.flushed >= _FLUSH_BOUND or (EXPOSED and id(b) in EXPOSED):
             tape.flush()
         return out
     rec.__name__ = "_record_" + name
@@ -825,7 +856,8 @@ def _make_jit_binary(name):
             out._rec = -1
             out._rg = False
         tape.n = i + 1
-        if x._exposed or y._exposed or r - tape.flushed >= _FLUSH_BOUND:
+        if (x._exposed or y._exposed or r - tape.flushed >= _FLUSH_BOUND
+                or (EXPOSED and (id(x._base) in EXPOSED or id(b) in EXPOSED))):
             tape.flush()
         return out
     op.__name__ = "_record_" + name
@@ -980,7 +1012,7 @@ def from_numpy(arr):
     root, addr, strides = root_of(arr)
     t = _wrap(root, addr, tuple(arr.shape), strides, dt)
     t._np = arr
-    t._exposed = True
+    _expose(t)
     return t
 
 

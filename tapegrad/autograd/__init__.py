@@ -19,7 +19,22 @@ def _seed(t, gradient):
     if gradient._shape != t._shape:
         raise RuntimeError(f"Mismatch in shape: grad_output[0] has a shape of {gradient.shape} and output[0] has "
                            f"a shape of {t.shape}.")
-    return np.asarray(gradient._values(), dtype=t._dtype.np)
+    return _LazySeed(gradient, t._dtype.np)
+
+
+class _LazySeed:
+    """An explicit gradient, read only when backward writes it into the root's gradient
+    buffer: reading it flushes pending records, which a backward that raises (e.g. a
+    second backward through a freed graph) must not do (DESIGN invariant 2)."""
+    __slots__ = ("t", "shape", "dtype")
+
+    def __init__(self, t, npdt):
+        self.t = t
+        self.shape = t._shape
+        self.dtype = np.dtype(npdt)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.t._values(), dtype=dtype or self.dtype)
 
 
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
@@ -48,6 +63,14 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
                 dst[...] += seed
             continue
         TAPE.backward(t._rec, seed, bool(retain_graph))
+
+
+def __getattr__(name):
+    # torch.autograd.graph is importable as an attribute (tapegrad imports the facade lazily)
+    if name == "graph":
+        import importlib
+        return importlib.import_module(__name__ + ".graph")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["backward", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled"]

@@ -68,8 +68,9 @@ _ROWS = [
     _u("add_scalar", "AddBackward0", (), lambda x, c: x + c, "self: grad", rule="adds", mnemonic="add"),
     _u("sub_scalar", "SubBackward0", (), lambda x, c: x - c, "self: grad", rule="subs", mnemonic="sub"),
     _u("rsub_scalar", "RsubBackward1", (), lambda x, c: c - x, "self: -grad", rule="rsubs", mnemonic="rsub"),
-    _u("mul_scalar", "MulBackward0", (), lambda x, c: x * c, "self: grad * c", rule="muls", mnemonic="mul"),
-    _u("div_scalar", "DivBackward0", (), lambda x, c: x / c, "self: grad / c", rule="divs", mnemonic="div"),
+    # NOTE: torch wraps the number in a tensor and saves it ("other"), so a second backward raises
+    _u("mul_scalar", "MulBackward0", ("other",), lambda x, c: x * c, "self: grad * c", rule="muls", mnemonic="mul"),
+    _u("div_scalar", "DivBackward0", ("other",), lambda x, c: x / c, "self: grad / c", rule="divs", mnemonic="div"),
     _u("clamp_min", "ClampMinBackward0", ("self",), lambda x, c: np.maximum(x, c),
        "self: where(self >= c, grad, 0)", rule="clampmin"),
     _u("clamp_max", "ClampMaxBackward0", ("self",), lambda x, c: np.minimum(x, c),

@@ -61,12 +61,13 @@ class PyRec:
     ``fwd(out_np, *in_np)`` fills the output; ``bwd(g_np, out_np, *in_np)``
     returns one gradient (or None) per input. ``ins`` are the input tensors
     (kept alive, as PyTorch keeps saved tensors)."""
-    __slots__ = ("spec", "fwd", "bwd", "ins", "out", "saves", "attrs")
+    __slots__ = ("spec", "fwd", "bwd", "ins", "out", "saves", "attrs", "spans")
 
-    def __init__(self, spec, fwd, bwd, ins, out, attrs=None, saves=True):
+    def __init__(self, spec, fwd, bwd, ins, out, attrs=None, saves=True, spans=None):
         self.spec, self.fwd, self.bwd, self.ins, self.out = spec, fwd, bwd, ins, out
         self.attrs = attrs or {}
         self.saves = saves
+        self.spans = spans   # byte spans (lo, hi) of the inputs, for the version check
 
 
 class Tape:
@@ -140,14 +141,15 @@ class Tape:
         d[id(buf)] = buf
         self.last_kept = buf
 
-    def pyrecord(self, spec, fwd, bwd, ins, out, n, dt, out_addr, producers, attrs=None, saves=True, grad=True):
+    def pyrecord(self, spec, fwd, bwd, ins, out, n, dt, out_addr, producers, attrs=None, saves=True, grad=True,
+                 spans=None):
         """Append an escape record; returns its global index."""
         r = self.next_index
         e = len(self.edges)
         self.edges.append(len(producers))
         self.edges.extend(producers)
         self.append((PY << 5) | dt, n, out_addr, e, 0, -1, -1, 1 if grad else 0, 0.0)
-        self.py[r] = PyRec(spec, fwd, bwd, ins, out, attrs, saves)
+        self.py[r] = PyRec(spec, fwd, bwd, ins, out, attrs, saves, spans)
         return r
 
     # ----- forward -----------------------------------------------------------
@@ -334,8 +336,11 @@ class Tape:
                 else:
                     dt = int(T[i, 0]) & 3    # a record of the other dtype: switch entry point
                     hi = i
-            for g, t in list(self.retained.items()):
-                if base <= g <= root and gaddr[g - base]:
+            for g, ref in list(self.retained.items()):
+                t = ref()
+                if t is None:
+                    del self.retained[g]
+                elif base <= g <= root and gaddr[g - base]:
                     t._accumulate_retained(self._grad_view(gaddr, g - base, t.shape, t.dtype.np).copy())
             if not retain_graph:
                 k = idx + (lo - base)
@@ -358,20 +363,26 @@ class Tape:
             code = int(T[k, 0])
             op = code >> 5
             if op == PY:
-                continue  # escape records: not checked yet (their saved values are NumPy views)
-            spec = BY_OPCODE.get(op)
-            if spec is None or not spec.saves:
-                continue
-            isz = 4 if (code & 3) == 0 else 8
-            n = int(T[k, 1])
-            bc = (code >> 2) & 3
-            ops = []
-            if "self" in spec.saves:
-                ops.append((int(T[k, 3]), 1 if bc & 1 else n, False))
-            if "other" in spec.saves or "exponent" in spec.saves:
-                ops.append((int(T[k, 4]), 1 if bc & 2 else n, False))
-            if "result" in spec.saves:
-                ops.append((int(T[k, 2]), n, True))
+                rec = self.py.get(g)
+                if rec is None or not rec.saves or not rec.spans:
+                    continue
+                spec = rec.spec
+                ops = [(lo_, hi_ - lo_, False) for lo_, hi_ in rec.spans]   # byte spans of the inputs
+                isz = 1
+            else:
+                spec = BY_OPCODE.get(op)
+                if spec is None or not spec.saves:
+                    continue
+                isz = 4 if (code & 3) == 0 else 8
+                n = int(T[k, 1])
+                bc = (code >> 2) & 3
+                ops = []
+                if "self" in spec.saves:
+                    ops.append((int(T[k, 3]), 1 if bc & 1 else n, False))
+                if ("other" in spec.saves or "exponent" in spec.saves) and spec.kind == "binary":
+                    ops.append((int(T[k, 4]), 1 if bc & 2 else n, False))
+                if "result" in spec.saves:
+                    ops.append((int(T[k, 2]), n, True))
             for addr, cnt, is_out in ops:
                 for lo_, hi_, at, vc, shape, dtname in self.inplace_log:
                     if at > g and addr < hi_ and lo_ < addr + cnt * isz:
