@@ -24,7 +24,7 @@ class Arena:
     """Bump allocator over slabs. ``retire`` (set by the tape) is called with
     every slab that stops being current and with every own buffer, so that
     pending records whose tensors already died still write into live memory."""
-    __slots__ = ("slab", "addr", "off", "size", "retire", "pool", "reclaim")
+    __slots__ = ("slab", "addr", "off", "size", "retire", "pool", "reclaim", "adopt")
 
     def __init__(self):
         self.slab = None
@@ -34,6 +34,7 @@ class Arena:
         self.retire = None
         self.pool = []     # large buffers, reused once nothing else references them
         self.reclaim = None  # set by the tape: let go of buffers only dead records still hold
+        self.adopt = None    # set by the tape: a slab becomes current (records may use it from now on)
 
     def _big(self, nbytes, zero=True):
         """A large buffer: reuse a pooled one of the same size that no tensor,
@@ -82,6 +83,8 @@ class Arena:
             if self.slab is not None and self.retire is not None:
                 self.retire(self.slab)
             self.slab, self.addr = self._new_slab(config.SLAB_BYTES)
+            if self.adopt is not None:
+                self.adopt(self.slab)
             self.size = config.SLAB_BYTES
             off = 0
         self.off = off + ((nbytes + _ALIGN - 1) & ~(_ALIGN - 1))

@@ -65,7 +65,7 @@ def _step(X, Y, params, lr=0.05, zero="none"):
 
 def _internals():
     """Sizes of everything the tape and the arena hold on to (read from outside)."""
-    return dict(tape=len(TAPE), py=len(TAPE.py), keep=sum(len(d) for d in TAPE.keep.values()), big=len(TAPE.big),
+    return dict(tape=len(TAPE), py=len(TAPE.py), keep=len(TAPE.keep), big=len(TAPE.big),
                 retained=len(TAPE.retained), inplace_log=len(TAPE.inplace_log), edges=len(TAPE.edges),
                 leaf_slots=len(TAPE.leaf_addr), leaf_dying=len(TAPE.leaf_dying), pool=len(ARENA.pool),
                 buf=len(TAPE.buf))

@@ -433,10 +433,10 @@ def test_tensors_outlive_the_tape(lifetime_results):
     _check(lifetime_results, "tensors_outlive_the_tape()")
 
 
-@pytest.mark.xfail(strict=True, reason="tapegrad bug (tape/tape.py sweep/_drop): only a dead *prefix* of the "
-                                       "tape is dropped, so one long-lived non-leaf tensor made before a training "
-                                       "loop pins every later record (tape and memory grow ~13 records/step "
-                                       "here, without bound); torch frees each step's graph")
+@pytest.mark.xfail(strict=True, reason="known limit (tape/tape.py sweep/_drop): only a dead *prefix* of tape rows "
+                                       "is dropped, so one long-lived non-leaf tensor made before a training loop "
+                                       "keeps every later row (72 bytes a record); what those records used (slabs, "
+                                       "big buffers, escape closures) is released by Tape._release_dead")
 def test_long_lived_non_leaf_does_not_pin_the_tape():
     run_case("long_lived_non_leaf_does_not_pin_the_tape()")
 

@@ -4,7 +4,7 @@ from ..storage import ARENA, base_address
 
 
 def _live_spans(tape, extra=()):
-    bufs = [ARENA.slab] + [b for d in tape.keep.values() for b in d.values()]
+    bufs = [ARENA.slab] + [e[0] for e in tape.keep.values()] + [e[0] for e in tape.big.values()]
     bufs += [b for b in tape.leaf_buf if b is not None] + list(extra)
     spans = []
     for b in bufs:

@@ -79,7 +79,7 @@ class Tape:
         self.base = 0              # global index of physical row 0
         self.flushed = 0           # global index: records below ran forward
         self.py = {}               # global index -> PyRec
-        self.keep = {}             # segment -> {id: buffer} kept alive for the records
+        self.keep = {}             # id(slab) -> [slab, first, last]: global indices of the records that may use it
         self.last_kept = None      # the slab most recently kept (cheap identity check on the hot path)
         self.big = {}              # id(own buffer) -> [buffer, global indices of the records using it]
         self._scratch_keep = None  # backward's gradient scratch, reused
@@ -119,26 +119,28 @@ class Tape:
         return self.base + i
 
     def keep_alive(self, buf):
-        """Keep `buf` alive while the records that use it may still run.
+        """Keep `buf` alive while the records that may use it can still run.
 
-        A slab is kept by the current segment (4096 records) and ``last_kept``
-        lets the hot path skip repeats (reset when a new segment starts). A
-        large own buffer logs each record that uses it and is let go by
-        ``sweep`` once all of them are dead and have run, so that loops over
-        big tensors reuse their buffers (``Arena._big``)."""
+        A slab is kept with the range of records that may use it: from when it
+        became the arena's current slab (``Arena.adopt``) to the last record
+        that kept it. The hot path skips a buffer that is ``last_kept``, and
+        ``last_kept`` is reset every 4096 records, so a range's end is at most
+        one segment stale: ``sweep`` pads it by 4096. A large own buffer logs
+        each record that uses it instead (``big``), so loops over big tensors
+        reuse their buffers (``Arena._big``)."""
+        g = self.next_index
         if buf.nbytes != config.SLAB_BYTES:
             e = self.big.get(id(buf))
             if e is None:
-                self.big[id(buf)] = [buf, [self.next_index]]
+                self.big[id(buf)] = [buf, [g]]
             else:
-                e[1].append(self.next_index)
+                e[1].append(g)
             return
-        seg = self.next_index >> 12
-        d = self.keep.get(seg)
-        if d is None:
-            d = self.keep[seg] = {}
-            self.keep_seg = seg
-        d[id(buf)] = buf
+        e = self.keep.get(id(buf))
+        if e is None:
+            self.keep[id(buf)] = [buf, g, g]
+        else:
+            e[2] = g
         self.last_kept = buf
 
     def pyrecord(self, spec, fwd, bwd, ins, out, n, dt, out_addr, producers, attrs=None, saves=True, grad=True,
@@ -214,10 +216,32 @@ class Tape:
         for key in [key for key, (buf, recs) in self.big.items()
                     if all(r < base or (r - base < n and not live[r - base]) for r in recs)]:
             del self.big[key]
+        self._release_dead(live)
         if k:
             self._drop(int(k))
         self.sweep_at = max(8192, 2 * self.n)
         return k
+
+    def _release_dead(self, live):
+        """What dead records hold is let go even when a live record before them
+        keeps the rows from being dropped (only a dead *prefix* of rows can go):
+        escape records' NumPy closures, and the slabs that no live record may use.
+        A long-lived non-leaf tensor then costs 72 bytes per later record, not
+        the memory those records used."""
+        base, n = self.base, len(live)
+        flushed = self.flushed
+        for g in [g for g in self.py if g - base < n and g < flushed and not live[g - base]]:
+            del self.py[g]
+        cum = np.concatenate(([0], np.cumsum(live, dtype=np.int64)))
+        end = self.next_index
+        for key, (buf, first, last) in list(self.keep.items()):
+            if buf is ARENA.slab or last + 4096 >= end:
+                continue            # the current slab, or records may still come that use it
+            lo_, hi_ = max(first, base) - base, min(last + 4096, end - 1) - base
+            if hi_ < lo_ or cum[hi_ + 1] - cum[lo_] == 0:
+                del self.keep[key]
+                if buf is self.last_kept:
+                    self.last_kept = None
 
     def _drop(self, k):
         rest = self.n - k
@@ -229,8 +253,8 @@ class Tape:
         base = self.base
         for g in [g for g in self.py if g < base]:
             del self.py[g]
-        for seg in [s for s in self.keep if (s + 1) << 12 <= base]:
-            del self.keep[seg]
+        for key in [key for key, e in self.keep.items() if e[2] + 4096 < base and e[0] is not ARENA.slab]:
+            del self.keep[key]
         for g in [g for g in self.retained if g < base]:
             del self.retained[g]
         self.inplace_log = [e for e in self.inplace_log if e[2] >= base]
@@ -430,4 +454,5 @@ class Tape:
 
 TAPE = Tape()
 ARENA.retire = TAPE.keep_alive
+ARENA.adopt = TAPE.keep_alive
 ARENA.reclaim = TAPE.sweep
