@@ -25,6 +25,8 @@ demo: $(STAMP_BASE)
 
 test: $(STAMP_TEST)
 	$(BIN)/python -m pytest -q tests
+	TAPEGRAD_DEBUG=1 $(BIN)/python -m pytest -q -x -p no:cacheprovider tests/test_tape.py tests/test_semantics.py
+	$(BIN)/python -m bench --smoke
 
 bench: $(STAMP_TEST)
 	$(BIN)/pip install --quiet -e ".[bench]"

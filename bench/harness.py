@@ -1,0 +1,406 @@
+"""Timing, cross-checking, table printing and JSON writing for the bench suite.
+
+Timing (``measure``): ``time.perf_counter`` around the timed call only;
+warm-up calls first (not recorded); before every repetition the untimed
+``setup`` runs, then ``gc.collect()``, then the clock starts. A repetition may
+run the call ``number`` times (each with its own setup) and records the mean.
+Median and min are reported; the ratio column is ``peer min / tapegrad min``
+(above 1: tapegrad is faster by that factor).
+
+A ``Table`` is one measured quantity (one workload at one size) with one
+``Row`` per peer; a row is ``ok``, ``FAILED`` (cross-check mismatch, still
+timed), ``ERROR`` (raised) or ``skipped``. ``Context.fail`` collects the
+failures of tapegrad so that ``--smoke`` can exit 1.
+"""
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+
+REF_PEER = "tapegrad"
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+# ----- timing -----------------------------------------------------------------
+
+def measure(fn, *, setup=None, warmup=1, reps=5, number=1, max_seconds=None, min_reps=3):
+    """Time ``fn(setup())`` and return the per-call seconds of each repetition.
+
+    ``setup`` (untimed) runs before every call; its result is passed to ``fn``
+    (``None`` when there is no setup). ``gc.collect()`` runs once per
+    repetition, after the first setup and just before the clock starts, so
+    garbage left by earlier repetitions (micrograd's reference cycles) is not
+    collected inside the timed region (objects alive before the call are
+    frozen, ``gc.freeze()``, so that this collect is cheap). When ``max_seconds`` is given and the
+    first repetition shows that ``reps`` would take longer, fewer repetitions
+    run (never fewer than ``min_reps``).
+    """
+    # Objects alive now (torch's modules, the peers' data) go to the permanent
+    # generation, so each per-repetition gc.collect() scans only what the
+    # workload made since: a full collect costs ~0.3 s with torch imported.
+    gc.collect()
+    gc.freeze()
+    try:
+        for _ in range(warmup):
+            arg = setup() if setup is not None else None
+            fn(arg)
+            arg = None
+        times = []
+        want = reps
+        clock = time.perf_counter
+        while len(times) < want:
+            elapsed = 0.0
+            for k in range(number):
+                arg = setup() if setup is not None else None
+                if k == 0:
+                    gc.collect()
+                t0 = clock()
+                fn(arg)
+                elapsed += clock() - t0
+                arg = None
+            times.append(elapsed / number)
+            if max_seconds is not None and len(times) == 1:
+                per_rep = max(elapsed, 1e-9)
+                want = max(min(reps, min_reps), min(reps, int(max_seconds / per_rep)))
+    finally:
+        gc.unfreeze()
+    return times
+
+
+# ----- results ------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One peer's result in one table."""
+    peer: str
+    status: str = "ok"           # ok | FAILED | ERROR | skipped
+    note: str = ""
+    times: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def median(self):
+        return statistics.median(self.times) if self.times else None
+
+    @property
+    def min(self):
+        return min(self.times) if self.times else None
+
+
+@dataclass
+class Table:
+    """One measured quantity: a workload at one size, one row per peer."""
+    workload: str
+    title: str
+    params: dict = field(default_factory=dict)
+    rows: list = field(default_factory=list)
+    unit_note: str = ""
+
+    def row(self, peer):
+        for r in self.rows:
+            if r.peer == peer:
+                return r
+        return None
+
+    def ratio(self, row):
+        """``row.min / tapegrad.min``; None when either is missing."""
+        ref = self.row(REF_PEER)
+        if ref is None or ref.min is None or row.min is None or ref.min <= 0:
+            return None
+        return row.min / ref.min
+
+    def to_json(self):
+        return {
+            "workload": self.workload,
+            "title": self.title,
+            "params": self.params,
+            "unit_note": self.unit_note,
+            "ratio_definition": "peer min / tapegrad min (>1: tapegrad faster)",
+            "rows": [{
+                "peer": r.peer, "status": r.status, "note": r.note,
+                "median_s": r.median, "min_s": r.min, "ratio": self.ratio(r),
+                "reps": len(r.times), "times_s": r.times, "extra": r.extra,
+            } for r in self.rows],
+        }
+
+
+class Context:
+    """What a workload needs to know about this run, and where failures go."""
+
+    def __init__(self, peers, *, quick=False, smoke=False, reps=None, warmup=None):
+        self.peers = peers          # bench.peers.Peers
+        self.quick = quick
+        self.smoke = smoke
+        self.reps_override = reps
+        self.warmup_override = warmup
+        self.failures = []          # (table title, peer, message)
+
+    def reps(self, full, quick):
+        """Repetitions for this mode (1 in --smoke, --reps wins)."""
+        if self.reps_override is not None:
+            return self.reps_override
+        if self.smoke:
+            return 1
+        return quick if self.quick else full
+
+    def warmup(self, full=1):
+        if self.warmup_override is not None:
+            return self.warmup_override
+        return 0 if self.smoke else full
+
+    @property
+    def max_seconds(self):
+        """Time budget per peer and table (repetitions are cut to fit)."""
+        return None if self.smoke else (4.0 if self.quick else 15.0)
+
+    def fail(self, where, peer, message):
+        """Record a failure; only tapegrad's failures decide the exit code."""
+        self.failures.append((where, peer, message))
+
+
+def loud(msg):
+    """A line that cannot be missed in a long log."""
+    bar = "!" * 78
+    print(f"\n{bar}\n!!! {msg}\n{bar}", flush=True)
+
+
+def unavailable_row(ctx, where, peer, reason):
+    """Row for a peer that could not be imported: skipped, or ERROR for tapegrad."""
+    if reason.startswith("ERROR"):
+        loud(f"{where}: peer {peer}: {reason}")
+        ctx.fail(where, peer, reason)
+        return Row(peer, status="ERROR", note=reason[len("ERROR: "):][:200])
+    return Row(peer, status="skipped", note=reason)
+
+
+def error_row(ctx, where, peer, exc):
+    """Turn an exception of a peer into an ERROR row (and report it)."""
+    tb = traceback.format_exc()
+    loud(f"{where}: peer {peer} raised {type(exc).__name__}: {exc}")
+    print(tb, flush=True)
+    ctx.fail(where, peer, f"{type(exc).__name__}: {exc}")
+    return Row(peer, status="ERROR", note=f"{type(exc).__name__}: {exc}"[:200],
+               extra={"traceback": tb})
+
+
+# ----- cross-checks --------------------------------------------------------------
+
+def compare(got, ref, *, rtol, atol=0.0):
+    """Compare two dicts of floats/arrays key by key; return a list of mismatches."""
+    bad = []
+    for key, want in ref.items():
+        have = got.get(key)
+        if have is None:
+            bad.append(f"{key}: missing")
+            continue
+        a = np.asarray(have, dtype=np.float64)
+        b = np.asarray(want, dtype=np.float64)
+        if a.shape != b.shape:
+            bad.append(f"{key}: shape {a.shape} != reference {b.shape}")
+        elif not np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=False):
+            if a.ndim == 0:
+                bad.append(f"{key}: {float(a):.9g} vs reference {float(b):.9g}")
+            else:
+                err = np.abs(a - b)
+                i = int(np.argmax(err - rtol * np.abs(b)))
+                n_bad = int(np.sum(~np.isclose(a, b, rtol=rtol, atol=atol)))
+                bad.append(f"{key}: {n_bad}/{a.size} elements differ; worst at {i}: "
+                           f"{a.flat[i]:.9g} vs reference {b.flat[i]:.9g}")
+    return bad
+
+
+def checked_row(ctx, where, peer, got, ref, *, rtol, atol=0.0, ref_name="torch"):
+    """A fresh Row for ``peer``: ``ok``, or ``FAILED`` with a loud line."""
+    row = Row(peer)
+    if ref is None:
+        row.note = "not cross-checked (no reference)"
+        return row
+    bad = compare(got, ref, rtol=rtol, atol=atol)
+    if bad:
+        msg = f"MISMATCH {where}: {peer} disagrees with {ref_name}: " + "; ".join(bad)
+        loud(msg)
+        ctx.fail(where, peer, msg)
+        row.status = "FAILED"
+        row.note = "; ".join(bad)[:200]
+    return row
+
+
+# ----- printing --------------------------------------------------------------------
+
+def fmt_time(s):
+    if s is None:
+        return "—"
+    if s >= 1.0:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def fmt_ratio(r):
+    if r is None:
+        return "—"
+    return f"{r:.3g}×" if r < 100 else f"{r:.0f}×"
+
+
+def print_table(table):
+    """Print one table: peer | median | min | ratio | reps | status."""
+    head = ("peer", "median", "min", "ratio (min/tapegrad min)", "reps", "status")
+    lines = []
+    for r in table.rows:
+        if r.status == "skipped":
+            lines.append((r.peer, "", "", "", "", r.note))
+            continue
+        status = r.status if not r.note else f"{r.status}: {r.note}"
+        lines.append((r.peer, fmt_time(r.median), fmt_time(r.min),
+                      fmt_ratio(table.ratio(r)), str(len(r.times)), status))
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
+              for i, h in enumerate(head)]
+    widths[-1] = len(head[-1])
+
+    def fmt(cells):
+        out = [cells[0].ljust(widths[0])]
+        out += [c.rjust(w) for c, w in zip(cells[1:5], widths[1:5])]
+        out.append(cells[5])
+        return " | ".join(out)
+
+    print()
+    params = ", ".join(f"{k}={v}" for k, v in table.params.items())
+    print(f"{table.title}" + (f"  [{params}]" if params else ""))
+    if table.unit_note:
+        print(f"  ({table.unit_note})")
+    print(fmt(head))
+    print("-+-".join("-" * w for w in widths[:-1]) + "-+-" + "-" * 8)
+    for l in lines:
+        print(fmt(l))
+    sys.stdout.flush()
+
+
+# ----- machine info and JSON --------------------------------------------------------
+
+def _version(modname):
+    try:
+        mod = __import__(modname)
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
+    return getattr(mod, "__version__", "unknown")
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _git_revision():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if rev.returncode != 0:
+        return "no commits" if dirty.returncode == 0 else None
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def machine_info():
+    """Platform, CPUs and library versions, for the JSON header."""
+    info = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "numpy": _version("numpy"),
+        "numba": _version("numba"),
+        "torch": _version("torch"),
+        "micrograd": None,
+        "matplotlib": _version("matplotlib"),
+        "git": _git_revision(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "env": {k: os.environ[k] for k in sorted(os.environ)
+                if k.startswith(("NUMBA_", "OMP_", "MKL_", "OPENBLAS_", "TAPEGRAD_"))},
+    }
+    try:
+        from importlib.metadata import version
+        info["micrograd"] = version("micrograd")
+    except Exception:  # noqa: BLE001
+        pass
+    if "tapegrad" in sys.modules:
+        info["tapegrad"] = getattr(sys.modules["tapegrad"], "__version__", "unknown")
+    if "torch" in sys.modules:
+        info["torch_threads"] = sys.modules["torch"].get_num_threads()
+    if "numba" in sys.modules:
+        numba = sys.modules["numba"]
+        info["numba_threads"] = numba.config.NUMBA_NUM_THREADS
+        try:
+            info["numba_threading_layer"] = numba.threading_layer()
+        except ValueError:  # no parallel function has run yet
+            info["numba_threading_layer"] = None
+    return info
+
+
+def load_warning():
+    """A line when other processes keep the CPUs busy (timings get noisy), else None."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, ncpu = os.getloadavg()[0], os.cpu_count() or 1
+    if load < 0.5 * ncpu:
+        return None
+    return (f"note: load average {load:.1f} on {ncpu} CPUs before the run: other processes are busy, "
+            "expect medians far above mins and noisier ratios")
+
+
+def stamp():
+    """Timestamp used in result file names (runs on one day do not overwrite)."""
+    return _dt.datetime.now().strftime("%Y-%m-%d_%H%M%S")
+
+
+def results_payload(tables_by_workload, options):
+    return {
+        "schema": 1,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "options": options,
+        "machine": machine_info(),
+        "workloads": {w: [t.to_json() for t in ts] for w, ts in tables_by_workload.items()},
+    }
+
+
+def _clean(obj):
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(path, payload):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(_clean(payload), f, indent=1, default=str)
+        f.write("\n")
+    return path
