@@ -18,10 +18,15 @@ from ..tape.tape import TAPE
 from .table import OPS
 
 
+_TMOD = []
+
+
 def _T():
     """The tensor module (imported late: it imports this one)."""
-    import sys
-    return sys.modules[__name__.rsplit(".", 2)[0] + ".tensor"]
+    if not _TMOD:
+        import sys
+        _TMOD.append(sys.modules[__name__.rsplit(".", 2)[0] + ".tensor"])
+    return _TMOD[0]
 
 
 # ----- the record helper ---------------------------------------------------------
@@ -51,7 +56,9 @@ def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True):
         def b(g):
             return bwd(g, ov, *ivs)
 
-    spans = [inplace_span(t)[:2] for t in ins] if (rg and saves) else None
+    # raw (address, shape, strides, itemsize) of the inputs; byte spans are worked out only when
+    # a backward must check them against in-place writes (Tape._check_versions)
+    spans = [(t._addr, t._shape, t._stride, t._dtype.itemsize) for t in ins] if (rg and saves) else None
     r = TAPE.pyrecord(OPS[name], f, b, [(t._shape, t._dtype.np) for t in ins], (out._shape, out._dtype.np),
                       out._n, out._dtype.code & 3, out._addr, prods, attrs, saves, grad=rg, spans=spans)
     if rg:

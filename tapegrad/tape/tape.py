@@ -67,7 +67,7 @@ class PyRec:
         self.spec, self.fwd, self.bwd, self.ins, self.out = spec, fwd, bwd, ins, out
         self.attrs = attrs or {}
         self.saves = saves
-        self.spans = spans   # byte spans (lo, hi) of the inputs, for the version check
+        self.spans = spans   # (address, shape, strides, itemsize) of the inputs, for the version check
 
 
 class Tape:
@@ -381,7 +381,10 @@ class Tape:
     def _check_versions(self, T, need, lo):
         """PyTorch's error for a saved value modified in place after it was saved."""
         base = self.base
-        for j in np.nonzero(need)[0]:
+        marked = np.nonzero(need)[0]
+        if not len(marked) or max(e[2] for e in self.inplace_log) <= lo + int(marked[0]):
+            return   # every logged write came before the records this backward visits
+        for j in marked:
             g = int(j) + lo
             k = g - base
             code = int(T[k, 0])
@@ -391,7 +394,10 @@ class Tape:
                 if rec is None or not rec.saves or not rec.spans:
                     continue
                 spec = rec.spec
-                ops = [(lo_, hi_ - lo_, False) for lo_, hi_ in rec.spans]   # byte spans of the inputs
+                ops = []
+                for addr, shape, strides, isz_ in rec.spans:   # byte spans of the inputs
+                    span = (sum((d - 1) * st for d, st in zip(shape, strides)) + 1) if all(shape) else 0
+                    ops.append((addr, span * isz_, False))
                 isz = 1
             else:
                 spec = BY_OPCODE.get(op)
