@@ -159,11 +159,11 @@ def comparable(nb):
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code" or "nondeterministic" in cell.metadata.get("tags", []):
             continue
-        texts = []
+        texts, stdout = [], []
         for o in cell.get("outputs", []):
-            if o.output_type == "stream":
+            if o.output_type == "stream":      # one string per cell: chunking varies from run to run
                 if o.name == "stdout":
-                    texts.append(("stdout", _text(o.text)))
+                    stdout.append(_text(o.text))
             elif o.output_type in ("execute_result", "display_data"):
                 data = o.get("data", {})
                 if any(k.startswith("application/vnd.jupyter.widget") for k in data):
@@ -172,6 +172,8 @@ def comparable(nb):
                     texts.append(("text/plain", _text(data["text/plain"])))
             elif o.output_type == "error":
                 texts.append(("error", f"{o.ename}: {o.evalue}"))
+        if stdout:
+            texts.insert(0, ("stdout", "".join(stdout)))
         if texts:
             out[i] = [(kind, _ADDRESS.sub("0x?", t)) for kind, t in texts]
     return out

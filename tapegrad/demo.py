@@ -3,7 +3,10 @@
 Runs the code of ``shared/seeds/000`` (tensors and autograd) with
 ``import tapegrad as torch``, prints what it really prints, and marks where the
 article's printed output is wrong (see ``shared/seeds/ERRATA.md``). After each
-graph it prints the tape: the graph is a view of these records.
+graph it prints the tape: the graph is a view of these records. Then it runs the
+four article notebooks (``notebooks/``) headlessly and writes the executed copies
+and their figures (graph SVG/PNG, loss plots) into ``demo-output/``
+(``tapegrad/_notebooks.py``).
 """
 import time
 
@@ -113,10 +116,31 @@ def engine_tour():
     print("loss.grad_fn:", loss.grad_fn.name(), "-> next:", [n and n.name() for n, _ in loss.grad_fn.next_functions])
 
 
-def main():
+def notebooks(outdir=None):
+    """Run the four article notebooks (notebooks/NN_*.ipynb) headlessly into demo-output/."""
+    section("the article notebooks, executed (notebooks/ -> demo-output/)")
+    try:
+        from ._notebooks import run_demo
+        import nbclient  # noqa: F401
+        import ipykernel  # noqa: F401
+    except ImportError as e:
+        print(f"skipped: {e.name} is not installed (pip install -e '.[demo]' installs nbclient, ipykernel, "
+              f"matplotlib, tqdm and graphviz-pure)")
+        return None
+    return run_demo(outdir)
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m tapegrad.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--no-notebooks", action="store_true", help="only the console walkthrough")
+    ap.add_argument("--out", default=None, help="where the executed notebooks and figures go (default: demo-output/)")
+    a = ap.parse_args(argv)
     t = time.perf_counter()
     article_000()
     engine_tour()
+    if not a.no_notebooks:
+        notebooks(a.out)
     print(f"\ndemo finished in {time.perf_counter() - t:.1f} s")
 
 

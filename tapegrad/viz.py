@@ -300,7 +300,7 @@ class Graph:
 
     @property
     def node_count(self):
-        return len(re.findall(r"^\t\w+ \[", self.source, re.M))
+        return len(re.findall(r"^\t(?!graph |node |edge )\w+ \[", self.source, re.M))
 
     @property
     def edge_count(self):

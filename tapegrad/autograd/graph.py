@@ -70,6 +70,7 @@ class Node:
 class AccumulateGrad(Node):
     """A leaf's node (torch: ``isinstance(acc, torch.autograd.graph.Node)`` holds)."""
     __slots__ = ("_var",)
+    __module__ = "builtins"
 
     def __init__(self, var):
         self._r = -1
@@ -116,7 +117,8 @@ def _node_class(name):
     'PowBackward0' as in torch (whose node classes are generated per backward formula)."""
     cls = _CLASSES.get(name)
     if cls is None:
-        cls = _CLASSES[name] = type(name, (Node,), {"__slots__": (), "__module__": "tapegrad.autograd.graph"})
+        # torch's node classes are C++ types without a module: repr(type(n)) is <class 'PowBackward0'>
+        cls = _CLASSES[name] = type(name, (Node,), {"__slots__": (), "__module__": "builtins"})
     return cls
 
 

@@ -183,6 +183,9 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     if size_average is not None or reduce is not None:
         reduction = _legacy_get_string(size_average, reduce)
     reduction = _reduction(reduction)
+    if weight is None and reduction in ("mean", "sum") and input.dtype.is_floating_point \
+            and target.dtype.is_floating_point and input.numel() and input.dtype is target.dtype:
+        return P.mse_loss(input, target, reduction)   # one record, torch's MseLossBackward0
     return _pointwise_loss((input - target).square(), input, reduction, weight)
 
 

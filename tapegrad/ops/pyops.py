@@ -855,6 +855,28 @@ def addmm(bias, x, w_t_src, transpose_w=True):
     return record("addmm", out, [bias, x, w], fwd, bwd)
 
 
+def mse_loss(x, t, reduction):
+    """((x - t) ** 2).mean() / .sum() in one record (PyTorch's MseLossBackward0)."""
+    T = _T()
+    shape = tuple(broadcast_shapes(x._shape, t._shape))
+    dt = D.result_type(x, t)
+    out = T._empty((), dt)
+    xs, ts = x._shape, t._shape
+    n = int(np.prod(shape)) if shape else 1
+
+    def fwd(xv, tv):
+        d = xv.astype(np.float64) - tv
+        r = np.sum(d * d)
+        return r / n if reduction == "mean" else r
+
+    def bwd(g, o, xv, tv, needs=(True, True)):
+        d = (xv - tv) * (2.0 * g / (n if reduction == "mean" else 1))
+        d = np.broadcast_to(d, shape)
+        return (sum_to(d, xs) if needs[0] else None, sum_to(-d, ts) if needs[1] else None)
+    bwd.needs_aware = True
+    return record("mse_loss", out, [x, t], fwd, bwd)
+
+
 # ----- joining ---------------------------------------------------------------------------
 
 def cat(tensors, dim=0):

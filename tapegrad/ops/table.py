@@ -107,7 +107,7 @@ _PY = [
     ("stack", "StackBackward0"), ("where", "WhereBackward0"), ("softmax", "SoftmaxBackward0"),
     ("log_softmax", "LogSoftmaxBackward0"), ("clamp", "ClampBackward1"),
     ("to_copy", "ToCopyBackward0"), ("copy_", "CopyBackwards"), ("index_put", "IndexPutBackward0"),
-    ("addmm", "AddmmBackward0"),
+    ("addmm", "AddmmBackward0"), ("mse_loss", "MseLossBackward0"),
 ]
 
 OPS = {}
