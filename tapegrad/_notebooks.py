@@ -124,6 +124,26 @@ def _normalise(nb):
     return nb
 
 
+def _cell_key(cell, i, nb):
+    """What a rebuild must reproduce for a cell's outputs to count as unchanged: its compared
+    texts (addresses masked) and its pictures; progress bars and addresses may differ."""
+    pics = [(k, _text(v)) for o in cell.get("outputs", []) for k, v in sorted(o.get("data", {}).items())
+            if k != "text/plain"]
+    return cell.source, comparable(nb).get(i), pics
+
+
+def _keep_unchanged_outputs(old, new):
+    """Keep the stored outputs of cells whose rebuild shows nothing new (only addresses, progress
+    bars), so that rebuilding an unchanged notebook leaves the file as it was."""
+    if len(old.cells) != len(new.cells):
+        return
+    for i, (a, b) in enumerate(zip(old.cells, new.cells)):
+        if b.cell_type != "code" or "nondeterministic" in b.metadata.get("tags", []):
+            continue
+        if a.cell_type == "code" and _cell_key(a, i, old) == _cell_key(b, i, new):
+            b["outputs"] = a["outputs"]
+
+
 def read_source(py):
     import jupytext
     return jupytext.read(str(py))
@@ -140,7 +160,10 @@ def build(names=None, verbose=True):
         nb = execute(read_source(py))
         times[py.stem] = time.perf_counter() - t0
         nb = _normalise(nb)
-        nbformat.write(nb, str(py.with_suffix(".ipynb")))
+        target = py.with_suffix(".ipynb")
+        if target.exists():
+            _keep_unchanged_outputs(nbformat.read(str(target), as_version=4), nb)
+        nbformat.write(nb, str(target))
         if verbose:
             print(f"{py.with_suffix('.ipynb').relative_to(repo_root())}: executed in {times[py.stem]:.1f} s")
     return times
@@ -197,7 +220,7 @@ def figures(nb, stem, outdir):
     """Write the pictures a notebook displays: graphs (from their DOT text) as .svg and .png,
     matplotlib figures as .png. Returns the paths written."""
     import base64
-    from .viz import render_dot
+    from .viz import PNG_DPI, render_dot
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     written, used = [], {}
@@ -210,7 +233,8 @@ def figures(nb, stem, outdir):
             kinds = []
             if DOT_MIME in data:
                 src = _text(data[DOT_MIME])
-                kinds = [("svg", lambda src=src: render_dot(src, "svg")), ("png", lambda src=src: render_dot(src, "png"))]
+                kinds = [("svg", lambda src=src: render_dot(src, "svg")),
+                         ("png", lambda src=src: render_dot(src, "png", PNG_DPI))]
             elif "image/png" in data:
                 png = _text(data["image/png"])
                 kinds = [("png", lambda png=png: base64.b64decode(png))]
@@ -271,7 +295,7 @@ def run_demo(outdir=None, verbose=True):
         if stale:
             print("\nnote: outputs differ from the committed notebooks in "
                   + ", ".join(r[0] for r in stale) + " (rebuild with `python -m tapegrad._notebooks build`)")
-        print("open them with:  .venv/bin/jupyter lab notebooks/   (or any Jupyter front end)")
+        print("open them in Jupyter: .venv/bin/pip install jupyterlab && .venv/bin/jupyter lab notebooks/")
     return report
 
 

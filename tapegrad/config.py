@@ -43,11 +43,12 @@ def _kernel_hash():
     carries a hash of every kernel source, so any change compiles afresh."""
     import hashlib
     h = hashlib.sha1()
-    kdir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
-    for fn in sorted(os.listdir(kdir)):
-        if fn.endswith(".py"):
-            with open(os.path.join(kdir, fn), "rb") as f:
-                h.update(fn.encode() + f.read())
+    here = os.path.dirname(os.path.abspath(__file__))
+    kdir = os.path.join(here, "kernels")
+    files = [os.path.join(kdir, fn) for fn in sorted(os.listdir(kdir)) if fn.endswith(".py")]
+    for path in files + [os.path.join(here, "config.py")]:   # config.py: the JIT flags themselves
+        with open(path, "rb") as f:
+            h.update(os.path.basename(path).encode() + f.read())
     return h.hexdigest()[:12]
 
 

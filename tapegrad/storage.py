@@ -82,7 +82,7 @@ class Arena:
                 self.retire(buf)
             return buf, addr
         off = self.off
-        if off + nbytes > self.size:
+        if off + nbytes > self.size or self.slab is None:
             if self.slab is not None and self.retire is not None:
                 self.retire(self.slab)
             self.slab, self.addr = self._new_slab(config.SLAB_BYTES)

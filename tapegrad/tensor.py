@@ -735,6 +735,11 @@ def _make_jit_unary(name):
         out._n = n
         out._contig = True
         tape = TAPE
+        rg = x._rg and _GRAD[0]
+        if rg:
+            pa = x._rec
+            if pa < 0:
+                pa = _producer(x)   # may allocate a leaf slot (and so sweep): before the index is taken
         i = tape.n
         if not (tape.base + i) & 4095:
             _segment_start(tape)
@@ -745,10 +750,7 @@ def _make_jit_unary(name):
         b = x._base
         if b is not base and b is not tape.last_kept:
             tape.keep_alive(b)
-        if x._rg and _GRAD[0]:
-            pa = x._rec
-            if pa < 0:
-                pa = _producer(x)
+        if rg:
             _PACK(tape.buf, i * _ROW, opc | dt.code, n, addr, x._addr, 0, pa, -1, 1, c)
             out._rec = r
             out._rg = True
@@ -832,6 +834,10 @@ def _make_jit_binary(name):
         out._n = n
         out._contig = True
         tape = TAPE
+        rg = (x._rg or y._rg) and _GRAD[0]
+        if rg:   # producers first: a new leaf slot may sweep the tape before the index is taken
+            pa = (x._rec if x._rec >= 0 else _producer(x)) if x._rg else -1
+            pb = (y._rec if y._rec >= 0 else _producer(y)) if y._rg else -1
         i = tape.n
         if not (tape.base + i) & 4095:
             _segment_start(tape)
@@ -845,9 +851,7 @@ def _make_jit_binary(name):
         b = y._base
         if b is not base and b is not tape.last_kept:
             tape.keep_alive(b)
-        if (x._rg or y._rg) and _GRAD[0]:
-            pa = (x._rec if x._rec >= 0 else _producer(x)) if x._rg else -1
-            pb = (y._rec if y._rec >= 0 else _producer(y)) if y._rg else -1
+        if rg:
             _PACK(tape.buf, i * _ROW, opc | (bc << 2) | dt.code, n, addr, x._addr, y._addr, pa, pb, 1, c)
             out._rec = r
             out._rg = True
@@ -918,7 +922,7 @@ def pow(input, exponent):  # noqa: A001
 def _infer_dtype(data):
     if isinstance(data, Tensor):
         return data._dtype
-    if isinstance(data, np.ndarray):
+    if isinstance(data, (np.ndarray, np.generic)):   # NumPy arrays and scalars keep their dtype
         return D.from_numpy_dtype(data.dtype)
     if isinstance(data, (bool, np.bool_)):
         return D.bool_
@@ -928,6 +932,7 @@ def _infer_dtype(data):
         return D.float32
     if isinstance(data, (list, tuple)):
         kinds = set()
+        f64 = []
 
         def walk(v):
             if isinstance(v, (list, tuple)):
@@ -937,9 +942,11 @@ def _infer_dtype(data):
                 kinds.add(v._dtype._kind)
             else:
                 kinds.add(D.scalar_kind(v))
+                if isinstance(v, np.float64):
+                    f64.append(v)
         walk(data)
         if "f" in kinds or not kinds:
-            return D.float32
+            return D.float64 if f64 else D.float32   # torch: a NumPy float64 scalar keeps the list float64
         return D.int64 if "i" in kinds else D.bool_
     raise TypeError(f"Could not infer dtype of {type(data).__name__}")
 

@@ -277,12 +277,11 @@ def maximum_f(x, z, c):
 
 
 def maximum_b(x, z, y, g, c):
-    # NOTE: ties split the gradient evenly (PyTorch's max/min backward)
+    # NOTE: ties split the gradient evenly (PyTorch's max/min backward); PyTorch masks only the
+    # strictly smaller side, so where one side is nan both sides get the gradient
     if x == z:
         return g * 0.5, g * 0.5
-    if x > z:
-        return g, 0.0
-    return 0.0, g
+    return (0.0 if x < z else g), (0.0 if x > z else g)
 
 
 def minimum_f(x, z, c):
@@ -294,9 +293,7 @@ def minimum_f(x, z, c):
 def minimum_b(x, z, y, g, c):
     if x == z:
         return g * 0.5, g * 0.5
-    if x < z:
-        return g, 0.0
-    return 0.0, g
+    return (0.0 if x > z else g), (0.0 if x < z else g)
 
 # ----- helpers (also plain Python, compiled inline) --------------------------
 

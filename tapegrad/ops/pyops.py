@@ -548,25 +548,28 @@ def prune_inplace_log():
         ops = codes >> 5
         idx = np.flatnonzero((live != 0) & (_HAS_SAVES[ops] != 0) & (ops != PY) & ((codes & 16) == 0)
                              & ((T[:, 5] != -1) | (T[:, 6] != -1)))
-        # escape records keep their inputs' byte spans (PyRec.spans): keep every entry after the
-        # first live one that saved values (conservative; they are few)
+        # escape records keep their inputs' (address, shape, strides, itemsize): keep the entries
+        # that overlap an input of a live, unconsumed one that saved values, written after it
         pyidx = np.flatnonzero((live != 0) & (ops == PY) & ((codes & 16) == 0))
-        first_py = None
+        py_hit = set()
         for i in pyidx:
-            rec = TAPE.py.get(TAPE.base + int(i))
-            if rec is not None and rec.saves and rec.spans:
-                first_py = TAPE.base + int(i)
-                break
+            g = TAPE.base + int(i)
+            rec = TAPE.py.get(g)
+            if rec is None or not rec.saves or not rec.spans:
+                continue
+            for addr, shape, strides, isz in rec.spans:
+                span = (sum((d - 1) * st for d, st in zip(shape, strides)) + 1) * isz if all(shape) else 0
+                for ei, e in enumerate(log):
+                    if e[2] > g and e[0] < addr + span and addr < e[1]:
+                        py_hit.add(ei)
         rows = T[idx]   # a copy
         del T, C, edges, codes, ops
-        if first_py is not None:
-            keep = [e for e in log if e[2] > first_py]
+        keep = [log[i] for i in sorted(py_hit)]
         if len(idx):
             at = np.array([e[2] for e in log], np.int64)
             cand = np.flatnonzero(at > TAPE.base + idx[0])
             if len(cand) * len(idx) > (1 << 22):   # too many to compare: keep by position only
-                keep = [log[i] for i in cand] if first_py is None else \
-                    [log[i] for i in cand if log[i][2] <= first_py] + keep
+                keep = [log[i] for i in cand if i not in py_hit] + keep
             elif len(cand):
                 g = TAPE.base + idx                                         # the records' indices
                 nb = rows[:, 1] * np.where((rows[:, 0] & 3) == 0, 4, 8)     # bytes of each operand (at most)
@@ -574,7 +577,7 @@ def prune_inplace_log():
                 hi = np.array([log[i][1] for i in cand], np.int64)[:, None, None]
                 addr = rows[:, 2:5][None, :, :]                             # out, a, b
                 hit = ((addr < hi) & (lo < addr + nb[None, :, None])).any(axis=2) & (g[None, :] < at[cand][:, None])
-                keep += [log[i] for i in cand[hit.any(axis=1)] if first_py is None or log[i][2] <= first_py]
+                keep += [log[i] for i in cand[hit.any(axis=1)] if i not in py_hit]
     log[:] = keep
     _LOG_PRUNE_AT[0] = max(32, 2 * len(log))
 

@@ -27,6 +27,7 @@ the leaf's gradient buffer and ``leaf_state[slot]`` 0 when ``.grad`` is None
 """
 import re
 import struct
+import traceback
 import weakref
 from array import array
 
@@ -161,6 +162,13 @@ class Tape:
 
     def flush(self):
         """Run every pending record (one jitted call between escape records)."""
+        try:
+            self._flush()
+        except BaseException as e:
+            traceback.clear_frames(e.__traceback__)   # see backward(): no views may outlive this call
+            raise
+
+    def _flush(self):
         hi = self.next_index
         if self.flushed >= hi:
             return
@@ -281,9 +289,15 @@ class Tape:
             self.leaf_owner[s] = weakref.ref(owner)
         else:
             s = len(self.leaf_addr)
-            self.leaf_addr.append(addr)
-            self.leaf_nbytes.append(nbytes)
-            self.leaf_state.append(0)
+            done = []
+            try:   # all four tables grow together or not at all
+                for arr, v in ((self.leaf_addr, addr), (self.leaf_nbytes, nbytes), (self.leaf_state, 0)):
+                    arr.append(v)
+                    done.append(arr)
+            except BufferError:
+                for arr in done:
+                    arr.pop()
+                raise
             self.leaf_buf.append(root)
             self.leaf_owner.append(weakref.ref(owner))
         return s
@@ -316,6 +330,15 @@ class Tape:
         """Reverse replay from global record `root`, its gradient `seed` (an
         array of the root's shape and dtype). Fills leaf slots and retained
         grads; frees saved values unless retain_graph."""
+        try:
+            self._backward(root, seed, retain_graph)
+        except BaseException as e:
+            # NOTE: a traceback keeps its frames' locals, and so NumPy views of the tape's
+            # buffers: the tape could never grow again (BufferError). Drop them.
+            traceback.clear_frames(e.__traceback__)
+            raise
+
+    def _backward(self, root, seed, retain_graph):
         base = self.base
         lo = base
         T, C = self.cols()
@@ -323,10 +346,15 @@ class Tape:
         total = R.mark(T, np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES, root, lo, base,
                        need)
         if total < 0:
+            del T, C
             raise RuntimeError(SECOND_TIME)
         if self.inplace_log:
-            self._check_versions(T, need, lo)
-        del T, C
+            try:
+                self._check_versions(T, need, lo)
+            finally:
+                del T, C
+        else:
+            del T, C
         self.flush()      # only now: a backward that raises above leaves the tape as it was
         T, C = self.cols()
         scratch = self._scratch_keep
