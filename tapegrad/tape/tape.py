@@ -84,6 +84,7 @@ class Tape:
         self.last_kept = None      # the slab most recently kept (cheap identity check on the hot path)
         self.big = {}              # id(own buffer) -> [buffer, global indices of the records using it]
         self._scratch_keep = None  # backward's gradient scratch, reused
+        self._saddr = 0            # its address during a backward
         self.inplace_log = []      # (lo, hi, record index, version counter, shape, dtype) of in-place writes
         self.retained = {}         # global index -> tensor whose grad is retained
         self.anomaly = {}          # global index -> traceback (anomaly mode)
@@ -362,7 +363,7 @@ class Tape:
             scratch = self._scratch_keep = np.zeros(int(total) + 64, np.uint8)
         else:
             scratch[:int(total) + 64] = 0
-        saddr = scratch.ctypes.data
+        saddr = self._saddr = scratch.ctypes.data
         gaddr = np.zeros(self.n, np.int64)
         idx = np.nonzero(need)[0]
         gaddr[idx + (lo - base)] = saddr + need[idx] - 1
@@ -457,11 +458,14 @@ class Tape:
                             f"torch.autograd.set_detect_anomaly(True, check_nan=False).")
 
     def _grad_view(self, gaddr, i, shape, npdt):
-        strides, acc = [], 1
-        for d in reversed(tuple(shape)):
-            strides.append(acc)
-            acc *= d
-        return view(self._scratch, int(gaddr[i]), tuple(shape), tuple(reversed(strides)), np.dtype(npdt))
+        """The gradient buffer of physical record i, a view into the scratch bytes
+        (slicing the scratch array: ~3x cheaper than np.ndarray(buffer=...))."""
+        npdt = np.dtype(npdt)
+        n = 1
+        for d in shape:
+            n *= d
+        off = int(gaddr[i]) - self._saddr
+        return self._scratch[off:off + n * npdt.itemsize].view(npdt).reshape(tuple(shape))
 
     def _py_backward(self, i, gaddr, ls):
         rec = self.py[i + self.base]
