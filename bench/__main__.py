@@ -18,12 +18,13 @@ import sys
 import time
 import traceback
 
-from . import c0_startup, w1_scalar_chain, w3_elementwise, w5_article_loops
+from . import c0_startup, w1_scalar_chain, w2_mlp, w3_elementwise, w5_article_loops
 from .harness import (RESULTS_DIR, Context, load_warning, loud, print_table, results_payload, stamp,
                       write_json)
 from .peers import ALL, Peers
 
-WORKLOADS = {"W1": w1_scalar_chain, "W3": w3_elementwise, "W5": w5_article_loops, "C0": c0_startup}
+WORKLOADS = {"W1": w1_scalar_chain, "W2": w2_mlp, "W3": w3_elementwise, "W5": w5_article_loops,
+             "C0": c0_startup}
 ALIASES = {"W5A": ("W5", "W5a"), "W5B": ("W5", "W5b")}
 
 
@@ -31,7 +32,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="",
-                   help="comma-separated workloads: W1, W3, W5 (or W5a, W5b), C0 (default: all)")
+                   help="comma-separated workloads: W1, W2, W3, W5 (or W5a, W5b), C0 (default: all)")
     p.add_argument("--peers", default=",".join(ALL),
                    help=f"comma-separated peers (default: all of {','.join(ALL)})")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
@@ -60,7 +61,7 @@ def select_workloads(only):
             if wid == "W5":
                 variants |= {"W5a", "W5b"}
         else:
-            raise SystemExit(f"unknown workload {item!r}; choose from W1, W3, W5, W5a, W5b, C0")
+            raise SystemExit(f"unknown workload {item!r}; choose from W1, W2, W3, W5, W5a, W5b, C0")
         if wid not in ids:
             ids.append(wid)
     return [w for w in WORKLOADS if w in ids], variants

@@ -1,0 +1,150 @@
+"""W2: MLP 784-256-256-10, ReLU, batch 128, cross-entropy, one SGD step.
+
+One training step is ``zero_grad(); loss = cross_entropy(model(x), y);
+loss.backward(); step(); loss.item()``: matmuls plus small tensors, a real
+training step (see ``shared/BENCHMARKS.md``). Peers: tapegrad and torch (the
+same code via ``build``) and a hand-written NumPy forward+backward+update
+(the "no autograd overhead" floor). Every peer's first loss and parameters
+after one step are checked against torch's before it is timed.
+"""
+import numpy as np
+
+from .harness import Row, Table, checked_row, error_row, measure, unavailable_row
+from .w5_article_loops import _tapegrad_nn_missing
+
+ID = "W2"
+TITLE = "MLP 784-256-256-10 training step"
+PEERS = ("tapegrad", "torch", "numpy", "jax", "autograd")
+RTOL, ATOL = 1e-4, 1e-5
+LR = 0.01
+BATCH = 128
+SIZES = (784, 256, 256, 10)
+
+
+def make_data(sizes=SIZES, batch=BATCH):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
+    y = rng.integers(0, sizes[-1], batch).astype(np.int64)
+    init = {}
+    for i, (fi, fo) in enumerate(zip(sizes[:-1], sizes[1:])):
+        bound = 1.0 / np.sqrt(fi)
+        init[f"{2 * i}.weight"] = rng.uniform(-bound, bound, (fo, fi)).astype(np.float32)
+        init[f"{2 * i}.bias"] = rng.uniform(-bound, bound, (fo,)).astype(np.float32)
+    return x, y, init
+
+
+class TorchLike:
+    """tapegrad or torch: nn.Sequential(Linear, ReLU, Linear, ReLU, Linear) + CrossEntropyLoss + SGD."""
+
+    def __init__(self, torch_like, data, sizes=SIZES):
+        x, y, init = data
+        nn = torch_like.nn
+        layers = []
+        for i, (fi, fo) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(fi, fo))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.model = nn.Sequential(*layers)
+        with torch_like.no_grad():
+            for name, p in self.model.named_parameters():
+                p.copy_(torch_like.tensor(init[name]))
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.opt = torch_like.optim.SGD(self.model.parameters(), lr=LR)
+        self.x = torch_like.tensor(x)
+        self.y = torch_like.tensor(y)
+
+    def step(self):
+        self.opt.zero_grad()
+        loss = self.loss_fn(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def state(self):
+        return {name: p.detach().numpy().copy() for name, p in self.model.named_parameters()}
+
+
+class NumpyStep:
+    """Hand-written forward, backward and SGD update (float32)."""
+
+    def __init__(self, _np, data, sizes=SIZES):
+        x, y, init = data
+        self.x, self.y = x, y
+        self.n = len(sizes) - 1
+        self.p = {k: v.copy() for k, v in init.items()}
+
+    def step(self):
+        p, h = self.p, self.x
+        acts, pre = [h], []
+        for i in range(self.n):
+            z = h @ p[f"{2 * i}.weight"].T + p[f"{2 * i}.bias"]
+            pre.append(z)
+            h = np.maximum(z, 0) if i < self.n - 1 else z
+            acts.append(h)
+        logits = acts[-1]
+        m = logits.max(axis=1, keepdims=True)
+        e = np.exp(logits - m)
+        s = e.sum(axis=1, keepdims=True)
+        logp = logits - m - np.log(s)
+        b = len(self.y)
+        loss = -logp[np.arange(b), self.y].mean()
+        g = e / s
+        g[np.arange(b), self.y] -= 1
+        g *= np.float32(1.0 / b)
+        lr = np.float32(LR)
+        for i in range(self.n - 1, -1, -1):
+            w = p[f"{2 * i}.weight"]
+            dw = g.T @ acts[i]
+            db = g.sum(axis=0)
+            if i:
+                g = (g @ w) * (pre[i - 1] > 0)
+            w -= lr * dw
+            p[f"{2 * i}.bias"] -= lr * db
+        return float(loss)
+
+    def state(self):
+        return {k: v.copy() for k, v in self.p.items()}
+
+
+IMPLS = {"tapegrad": TorchLike, "torch": TorchLike, "numpy": NumpyStep}
+NOTES = {"numpy": "hand-written NumPy step"}
+
+
+def _summary(impl):
+    out = {"loss": impl.step()}
+    out.update(impl.state())
+    return out
+
+
+def run(ctx):
+    sizes, batch = ((784, 32, 32, 10), 16) if ctx.smoke else (SIZES, BATCH)
+    data = make_data(sizes, batch)
+    table = Table(ID, f"{ID} {TITLE}: one training step", {"sizes": list(sizes), "batch": batch, "lr": LR},
+                  unit_note="time per step: zero_grad, forward, cross-entropy, backward, SGD step, loss.item()")
+    ref_torch = ctx.peers.reference_torch()
+    ref = _summary(TorchLike(ref_torch, data, sizes)) if ref_torch is not None else None
+    reps = ctx.reps(full=30, quick=10)
+    for peer in PEERS:
+        if not ctx.peers.wanted(peer):
+            continue
+        mod, reason = ctx.peers.get(peer)
+        if mod is None:
+            table.rows.append(unavailable_row(ctx, ID, peer, reason))
+            continue
+        if peer == "tapegrad":
+            missing = _tapegrad_nn_missing()
+            if missing:
+                table.rows.append(Row(peer, status="skipped", note=missing))
+                continue
+        try:
+            impl = IMPLS[peer](mod, data, sizes)
+            got = _summary(impl)
+            row = checked_row(ctx, ID, peer, got, ref, rtol=RTOL, atol=ATOL)
+            if peer in NOTES and row.status == "ok" and not row.note:
+                row.note = NOTES[peer]
+            table.rows.append(row)
+            row.times = measure(lambda _: impl.step(), warmup=ctx.warmup(5), reps=reps, number=1,
+                                max_seconds=ctx.max_seconds)
+        except Exception as exc:  # noqa: BLE001 - report, keep the suite running
+            table.rows.append(error_row(ctx, ID, peer, exc))
+    return [table]
