@@ -404,3 +404,43 @@ def write_json(path, payload):
         json.dump(_clean(payload), f, indent=1, default=str)
         f.write("\n")
     return path
+
+
+def summarize(impl):
+    """One step of a training-step implementation: its loss and parameters after it."""
+    out = {"loss": impl.step()}
+    out.update(impl.state())
+    return out
+
+
+def time_peers(ctx, table, where, peers, make_impl, ref, *, rtol, atol, notes=None, skip=None, reps,
+               warmup, number=1):
+    """The loop of a training-step workload: for each wanted peer, build its
+    implementation (``make_impl(peer, module)``, with ``.step()`` returning the
+    loss and ``.state()`` the parameters), check one step against ``ref``,
+    then time ``step``. ``skip(peer)`` may return a reason to skip a peer."""
+    for peer in peers:
+        if not ctx.peers.wanted(peer):
+            continue
+        mod, reason = ctx.peers.get(peer)
+        if mod is None:
+            table.rows.append(unavailable_row(ctx, where, peer, reason))
+            continue
+        why = skip(peer) if skip else None
+        if why:
+            table.rows.append(Row(peer, status="skipped", note=why))
+            continue
+        try:
+            impl = make_impl(peer, mod)
+            got = summarize(impl)
+            row = checked_row(ctx, where, peer, got, ref, rtol=rtol, atol=atol)
+            row.extra["check"] = {"loss": got["loss"],
+                                  "param_sum": float(sum(np.sum(v, dtype=np.float64)
+                                                         for k, v in got.items() if k != "loss"))}
+            if notes and peer in notes and row.status == "ok" and not row.note:
+                row.note = notes[peer]
+            table.rows.append(row)
+            row.times = measure(lambda _: impl.step(), warmup=warmup, reps=reps, number=number,
+                                max_seconds=ctx.max_seconds)
+        except Exception as exc:  # noqa: BLE001 - report, keep the suite running
+            table.rows.append(error_row(ctx, where, peer, exc))

@@ -9,7 +9,7 @@ after one step are checked against torch's before it is timed.
 """
 import numpy as np
 
-from .harness import Row, Table, checked_row, error_row, measure, unavailable_row
+from .harness import Table, summarize, time_peers
 from .w5_article_loops import _tapegrad_nn_missing
 
 ID = "W2"
@@ -110,11 +110,6 @@ IMPLS = {"tapegrad": TorchLike, "torch": TorchLike, "numpy": NumpyStep}
 NOTES = {"numpy": "hand-written NumPy step"}
 
 
-def _summary(impl):
-    out = {"loss": impl.step()}
-    out.update(impl.state())
-    return out
-
 
 def run(ctx):
     sizes, batch = ((784, 32, 32, 10), 16) if ctx.smoke else (SIZES, BATCH)
@@ -122,29 +117,8 @@ def run(ctx):
     table = Table(ID, f"{ID} {TITLE}: one training step", {"sizes": list(sizes), "batch": batch, "lr": LR},
                   unit_note="time per step: zero_grad, forward, cross-entropy, backward, SGD step, loss.item()")
     ref_torch = ctx.peers.reference_torch()
-    ref = _summary(TorchLike(ref_torch, data, sizes)) if ref_torch is not None else None
-    reps = ctx.reps(full=30, quick=10)
-    for peer in PEERS:
-        if not ctx.peers.wanted(peer):
-            continue
-        mod, reason = ctx.peers.get(peer)
-        if mod is None:
-            table.rows.append(unavailable_row(ctx, ID, peer, reason))
-            continue
-        if peer == "tapegrad":
-            missing = _tapegrad_nn_missing()
-            if missing:
-                table.rows.append(Row(peer, status="skipped", note=missing))
-                continue
-        try:
-            impl = IMPLS[peer](mod, data, sizes)
-            got = _summary(impl)
-            row = checked_row(ctx, ID, peer, got, ref, rtol=RTOL, atol=ATOL)
-            if peer in NOTES and row.status == "ok" and not row.note:
-                row.note = NOTES[peer]
-            table.rows.append(row)
-            row.times = measure(lambda _: impl.step(), warmup=ctx.warmup(5), reps=reps, number=1,
-                                max_seconds=ctx.max_seconds)
-        except Exception as exc:  # noqa: BLE001 - report, keep the suite running
-            table.rows.append(error_row(ctx, ID, peer, exc))
+    ref = summarize(TorchLike(ref_torch, data, sizes)) if ref_torch is not None else None
+    time_peers(ctx, table, ID, PEERS, lambda peer, mod: IMPLS[peer](mod, data, sizes), ref, rtol=RTOL,
+               atol=ATOL, notes=NOTES, skip=lambda peer: _tapegrad_nn_missing() if peer == "tapegrad" else None,
+               reps=ctx.reps(full=30, quick=10), warmup=ctx.warmup(5))
     return [table]

@@ -22,7 +22,7 @@ import importlib
 
 import numpy as np
 
-from .harness import Row, Table, checked_row, error_row, measure, unavailable_row
+from .harness import Table, summarize, time_peers
 
 ID = "W5"
 TITLE = "the articles' training loops (W5a, W5b)"
@@ -182,12 +182,6 @@ def _tapegrad_nn_missing():
     return None
 
 
-def _summary(impl):
-    loss = impl.step()
-    out = {"loss": loss}
-    out.update(impl.state())
-    return out
-
 
 def run(ctx):
     tables = []
@@ -202,32 +196,9 @@ def run(ctx):
                       {"batch": BATCH, "lr": LR, "steps_per_rep": steps_per_rep},
                       unit_note="time per step: zero_grad, forward, loss, backward, step, loss.item()")
         tables.append(table)
-        ref = _summary(TorchLike(ref_torch, variant, data)) if ref_torch is not None else None
-        reps = ctx.reps(full=30, quick=10)
-        for peer in PEERS:
-            if not ctx.peers.wanted(peer):
-                continue
-            mod, reason = ctx.peers.get(peer)
-            if mod is None:
-                table.rows.append(unavailable_row(ctx, variant, peer, reason))
-                continue
-            if peer == "tapegrad":
-                missing = _tapegrad_nn_missing()
-                if missing:
-                    table.rows.append(Row(peer, status="skipped", note=missing))
-                    continue
-            try:
-                impl = IMPLS[peer](mod, variant, data)
-                got = _summary(impl)
-                row = checked_row(ctx, variant, peer, got, ref, rtol=RTOL, atol=ATOL)
-                row.extra["check"] = {"loss": got["loss"],
-                                      "param_sum": float(sum(np.sum(v, dtype=np.float64)
-                                                             for k, v in got.items() if k != "loss"))}
-                if peer in NOTES and row.status == "ok" and not row.note:
-                    row.note = NOTES[peer]
-                table.rows.append(row)
-                row.times = measure(lambda _: impl.step(), warmup=ctx.warmup(20), reps=reps,
-                                    number=steps_per_rep, max_seconds=ctx.max_seconds)
-            except Exception as exc:  # noqa: BLE001 - report, keep the suite running
-                table.rows.append(error_row(ctx, variant, peer, exc))
+        ref = summarize(TorchLike(ref_torch, variant, data)) if ref_torch is not None else None
+        time_peers(ctx, table, variant, PEERS,
+                   lambda peer, mod, v=variant, d=data: IMPLS[peer](mod, v, d), ref, rtol=RTOL, atol=ATOL,
+                   notes=NOTES, skip=lambda peer: _tapegrad_nn_missing() if peer == "tapegrad" else None,
+                   reps=ctx.reps(full=30, quick=10), warmup=ctx.warmup(20), number=steps_per_rep)
     return tables

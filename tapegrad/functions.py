@@ -538,6 +538,24 @@ def normal(mean=0.0, std=1.0, size=None):
     return tensor(generator().normal(mean, std, size=size), dtype=D.float32)
 
 
+@_export
+def typename(obj):
+    """torch.typename: 'torch.FloatTensor' for a tensor, 'module.QualName' otherwise."""
+    if isinstance(obj, Tensor):
+        return obj.type()
+    module = getattr(obj, "__module__", "") or ""
+    if hasattr(obj, "__qualname__"):
+        qualname = obj.__qualname__
+    elif hasattr(obj, "__name__"):
+        qualname = obj.__name__
+    else:
+        module = obj.__class__.__module__ or ""
+        qualname = obj.__class__.__qualname__
+    if module in ("", "builtins"):
+        return qualname
+    return f"{module}.{qualname}"
+
+
 # ----- Tensor methods ----------------------------------------------------------------------
 
 def _method(fn):

@@ -105,6 +105,14 @@ def _remember(root, addr):
     weakref.finalize(root, _ADDR.pop, id(root), None)
 
 
+def byte_span(shape, strides, itemsize):
+    """Bytes from element 0 to the end of the last element of a strided view
+    (strides in elements); 0 for an empty one."""
+    if not all(shape):
+        return 0
+    return (sum((d - 1) * st for d, st in zip(shape, strides)) + 1) * itemsize
+
+
 def base_address(base):
     """Address of element 0 of a root buffer (cached when the root was made)."""
     a = _ADDR.get(id(base))

@@ -692,8 +692,7 @@ def _keep(t):
 def _segment_start(tape):
     """Every 4096 records: a new keep-alive segment, and maybe a lifetime sweep."""
     tape.last_kept = None
-    if tape.n >= tape.sweep_at:
-        tape.sweep()
+    tape.maybe_sweep()
 
 
 def _record(opcode, bc, out, a, b_addr, pa, pb, c, rg):

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import _dtype as D
 from ..autograd.grad_mode import _STATE as _GRAD
+from ..storage import byte_span
 from ..tape.tape import TAPE
 from .table import OPS
 
@@ -497,89 +498,15 @@ def _inplace_record(name, x, others, fwd_inplace, bwd):
 def _log_inplace(x):
     """Remember that x's storage changes from the next record on, so that a
     backward through a record that saved it raises PyTorch's version error."""
-    lo, hi, vc, shape, dtname = inplace_span(x)
-    TAPE.inplace_log.append((lo, hi, TAPE.next_index, vc, shape, dtname))
-    if len(TAPE.inplace_log) >= _LOG_PRUNE_AT[0]:
-        prune_inplace_log()
+    TAPE.log_inplace([inplace_span(x)])
 
 
 def inplace_span(x):
     """(first byte, end byte, version counter, shape, dtype name) of x's storage: an
     in-place log entry without its record index (optimizers precompute these)."""
     lo = x._addr
-    span = sum((d - 1) * st for d, st in zip(x._shape, x._stride)) + 1 if x._n else 0
-    return lo, lo + span * x._dtype.itemsize, x._version_counter(), x._shape, x._dtype.name
-
-
-def log_inplace_many(spans):
-    """_log_inplace for many tensors at once (spans from ``inplace_span``)."""
-    at = TAPE.next_index
-    log = TAPE.inplace_log
-    log.extend([(lo, hi, at, vc, shape, dtname) for lo, hi, vc, shape, dtname in spans])
-    if len(log) >= _LOG_PRUNE_AT[0]:
-        prune_inplace_log()
-
-
-# NOTE: the tape checks every saved operand of a backward against every entry of the
-# in-place log (Tape._check_versions), and entries are dropped only when the tape drops
-# the records before them. A training loop that writes its parameters in place each step
-# (an optimizer, or `p -= lr * p.grad`) then made backward slower by ~0.5 us per entry
-# (measured: 112 us -> 553 us per backward between two sweeps). An entry can only be hit
-# by a record before it that is live (Tape.sweep's liveness), unconsumed (a consumed one
-# raises "backward through the graph a second time" first), records grad, saves values
-# and has an operand overlapping the entry's bytes (escape records: their inputs' spans).
-_LOG_PRUNE_AT = [32]
-
-
-def prune_inplace_log():
-    """Drop in-place log entries that no later backward can hit (one liveness pass)."""
-    from ..kernels import lifetime
-    from ..tape.tape import _HAS_SAVES
-    from .table import PY
-    log = TAPE.inplace_log
-    keep = []
-    if TAPE.n and log:
-        T, C = TAPE.cols()
-        edges = np.frombuffer(TAPE.edges, np.int64) if len(TAPE.edges) else np.zeros(1, np.int64)
-        used = np.zeros(len(TAPE.leaf_addr), np.uint8)
-        pins = np.fromiter(TAPE.pins, np.int64, len(TAPE.pins)) if TAPE.pins else np.zeros(0, np.int64)
-        live, _ = lifetime.sweep(T, edges, TAPE.base, TAPE.flushed - TAPE.base, used, pins)
-        codes = T[:, 0]
-        ops = codes >> 5
-        idx = np.flatnonzero((live != 0) & (_HAS_SAVES[ops] != 0) & (ops != PY) & ((codes & 16) == 0)
-                             & ((T[:, 5] != -1) | (T[:, 6] != -1)))
-        # escape records keep their inputs' (address, shape, strides, itemsize): keep the entries
-        # that overlap an input of a live, unconsumed one that saved values, written after it
-        pyidx = np.flatnonzero((live != 0) & (ops == PY) & ((codes & 16) == 0))
-        py_hit = set()
-        for i in pyidx:
-            g = TAPE.base + int(i)
-            rec = TAPE.py.get(g)
-            if rec is None or not rec.saves or not rec.spans:
-                continue
-            for addr, shape, strides, isz in rec.spans:
-                span = (sum((d - 1) * st for d, st in zip(shape, strides)) + 1) * isz if all(shape) else 0
-                for ei, e in enumerate(log):
-                    if e[2] > g and e[0] < addr + span and addr < e[1]:
-                        py_hit.add(ei)
-        rows = T[idx]   # a copy
-        del T, C, edges, codes, ops
-        keep = [log[i] for i in sorted(py_hit)]
-        if len(idx):
-            at = np.array([e[2] for e in log], np.int64)
-            cand = np.flatnonzero(at > TAPE.base + idx[0])
-            if len(cand) * len(idx) > (1 << 22):   # too many to compare: keep by position only
-                keep = [log[i] for i in cand if i not in py_hit] + keep
-            elif len(cand):
-                g = TAPE.base + idx                                         # the records' indices
-                nb = rows[:, 1] * np.where((rows[:, 0] & 3) == 0, 4, 8)     # bytes of each operand (at most)
-                lo = np.array([log[i][0] for i in cand], np.int64)[:, None, None]
-                hi = np.array([log[i][1] for i in cand], np.int64)[:, None, None]
-                addr = rows[:, 2:5][None, :, :]                             # out, a, b
-                hit = ((addr < hi) & (lo < addr + nb[None, :, None])).any(axis=2) & (g[None, :] < at[cand][:, None])
-                keep += [log[i] for i in cand[hit.any(axis=1)] if i not in py_hit]
-    log[:] = keep
-    _LOG_PRUNE_AT[0] = max(32, 2 * len(log))
+    return (lo, lo + byte_span(x._shape, x._stride, x._dtype.itemsize), x._version_counter(), x._shape,
+            x._dtype.name)
 
 
 def fill_(x, value):

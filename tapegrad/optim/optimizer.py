@@ -34,8 +34,9 @@ import numpy as np
 
 from .. import _dtype as D
 from ..autograd.grad_mode import enable_grad
+from ..functions import typename
 from ..kernels import optim as K
-from ..ops.pyops import inplace_span, log_inplace_many
+from ..ops.pyops import inplace_span
 from ..tape.tape import TAPE
 from ..tensor import Tensor, tensor as _tensor, zeros as _zeros
 
@@ -169,18 +170,6 @@ class _Rows:
                  "hyper", "H")
 
 
-def _typename(obj):
-    if isinstance(obj, Tensor):
-        return obj.type()
-    module = getattr(obj, "__module__", "") or ""
-    if hasattr(obj, "__qualname__"):
-        qualname = obj.__qualname__
-    elif hasattr(obj, "__name__"):
-        qualname = obj.__name__
-    else:
-        module = obj.__class__.__module__ or ""
-        qualname = obj.__class__.__qualname__
-    return qualname if module in ("", "builtins") else f"{module}.{qualname}"
 
 
 class Optimizer:
@@ -201,7 +190,7 @@ class Optimizer:
         self._state = _StateMap(self._stale)
         if isinstance(params, Tensor):
             raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
-                            "but got " + _typename(params))
+                            "but got " + typename(params))
         self.param_groups = []
         param_groups = list(params)
         if len(param_groups) == 0:
@@ -271,7 +260,7 @@ class Optimizer:
 
         for param in param_group["params"]:
             if not isinstance(param, Tensor):
-                raise TypeError("optimizer can only optimize Tensors, but one of the params is " + _typename(param))
+                raise TypeError("optimizer can only optimize Tensors, but one of the params is " + typename(param))
             if not self.defaults.get("differentiable", None) and not (param.is_leaf or param.retains_grad):
                 raise ValueError("can't optimize a non-leaf Tensor")
 
@@ -345,7 +334,7 @@ class Optimizer:
         finally:
             del la, lsa
         if spans:
-            log_inplace_many(spans)
+            TAPE.log_inplace(spans)
 
     def state_dict(self):
         """PyTorch's structure: {'state': {index: {...}}, 'param_groups': [{..., 'params': [indices]}]}.
@@ -575,14 +564,14 @@ class Optimizer:
         if done == len(c.params) and bumps.count(b) == len(bumps):   # every row, the same count
             for vc in c.vcs:
                 vc[0] += b
-            log_inplace_many(c.spans if b == 1 else c.spans * b)
+            TAPE.log_inplace(c.spans if b == 1 else c.spans * b)
         else:
             spans = []
             for i in np.flatnonzero(c.upd[:len(c.params)]).tolist():
                 b = bumps[c.gidx[i]]
                 c.vcs[i][0] += b
                 spans.extend([c.spans[i]] * b)
-            log_inplace_many(spans)
+            TAPE.log_inplace(spans)
         if new:
             self._publish(c)
 
