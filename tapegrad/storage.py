@@ -130,6 +130,15 @@ def view(base, addr, shape, strides, npdt):
     return np.ndarray(shape, npdt, buffer=base, offset=off, strides=tuple(s * isz for s in strides))
 
 
+def array_at(addr, n, npdt):
+    """A flat NumPy array over `n` elements at a raw address (a record's operand; the
+    caller keeps the memory alive)."""
+    import ctypes
+    npdt = np.dtype(npdt)
+    raw = (ctypes.c_uint8 * (n * npdt.itemsize)).from_address(addr)
+    return np.frombuffer(raw, npdt, n)
+
+
 class _Span:
     """Exposes the bytes a NumPy array spans as a 1-D uint8 array (via the
     array interface) while keeping the array alive: the root of a tensor made

@@ -1,11 +1,12 @@
-"""tapegrad.autograd: backward, grad modes, the graph facade."""
+"""tapegrad.autograd: backward, grad, grad modes, the graph facade, Function, anomaly mode."""
 import numpy as np
 
 from .. import _dtype as D
-from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
+from .anomaly_mode import detect_anomaly, is_anomaly_check_nan_enabled, is_anomaly_enabled, set_detect_anomaly  # noqa: F401
+from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 
 
-def _seed(t, gradient):
+def _seed(t, gradient, i=0):
     from ..tensor import Tensor
     if gradient is None:
         if t._n != 1:
@@ -17,8 +18,8 @@ def _seed(t, gradient):
     if not isinstance(gradient, Tensor):
         gradient = Tensor(gradient) if isinstance(gradient, (list, tuple)) else None
     if gradient._shape != t._shape:
-        raise RuntimeError(f"Mismatch in shape: grad_output[0] has a shape of {gradient.shape} and output[0] has "
-                           f"a shape of {t.shape}.")
+        raise RuntimeError(f"Mismatch in shape: grad_output[{i}] has a shape of {gradient.shape} and output[{i}] "
+                           f"has a shape of {t.shape}.")
     return _LazySeed(gradient, t._dtype.np)
 
 
@@ -37,40 +38,193 @@ class _LazySeed:
         return np.asarray(self.t._values(), dtype=dtype or self.dtype)
 
 
-def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
+def _as_list(x, what):
+    from ..tensor import Tensor
+    if isinstance(x, Tensor):
+        return [x]
+    if x is None:
+        return []
+    return list(x)
+
+
+def _prepare(tensors, grad_tensors):
+    """(tensors, seeds): torch's checks, in torch's order, before anything runs."""
+    tensors = _as_list(tensors, "tensors")
+    if grad_tensors is None or not isinstance(grad_tensors, (list, tuple)):
+        grad_tensors = [grad_tensors] * len(tensors) if len(tensors) == 1 or grad_tensors is None else \
+            [grad_tensors]
+    if len(grad_tensors) != len(tensors):
+        raise RuntimeError(f"grad can be implicitly created only for scalar outputs" if not grad_tensors else
+                           f"Mismatch in number of gradients: expected {len(tensors)} but got {len(grad_tensors)}")
+    for i, t in enumerate(tensors):
+        if not t._rg:
+            raise RuntimeError(f"element {i} of tensors does not require grad and does not have a grad_fn")
+    return tensors, [_seed(t, g, i) for i, (t, g) in enumerate(zip(tensors, grad_tensors))]
+
+
+def _run(tensors, seeds, inputs, retain_graph, create_graph):
+    """Gradients of `tensors` (seeded) w.r.t. `inputs`: a list of NumPy arrays / Tensors (or None
+    where an input was not reached). Leaves' .grad are not touched."""
+    from ..tape.tape import TAPE
+    if create_graph:
+        from ._higher import backward_graph
+        return backward_graph(tensors, seeds, inputs)
+    leaves, capture = {}, {}
+    for x in inputs:
+        if x._rec >= 0:
+            capture[x._rec] = (x._shape, x._dtype.np)
+        else:
+            s = x._leaf_slot()
+            leaves.setdefault(s, np.zeros(TAPE.leaf_nbytes[s], np.uint8))
+    roots = [(t._rec, s) for t, s in zip(tensors, seeds) if t._rec >= 0]
+    got = {}
+    if roots:
+        got = TAPE.backward_many([r for r, _ in roots], [s for _, s in roots], bool(retain_graph),
+                                 leaves=leaves, only=True, capture=capture)
+    reached = got.get("leaves", {})
+    out = []
+    for x in inputs:
+        if x._rec >= 0:
+            g = got.get(x._rec)
+        else:
+            s = x._slot
+            g = leaves[s][:x._n * x._dtype.itemsize].view(x._dtype.np).reshape(x._shape) if reached.get(s) else None
+        for t, seed in zip(tensors, seeds):   # an output that is itself a leaf input
+            if t is x and t._rec < 0:
+                g = np.asarray(seed, x._dtype.np).copy() if g is None else g + np.asarray(seed)
+        out.append(g)
+    return out
+
+
+def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None, grad_variables=None):
     """Compute the gradient of `tensors` w.r.t. the graph leaves (torch.autograd.backward)."""
     from ..tape.tape import TAPE
     from ..tensor import Tensor
-    if create_graph:
-        raise NotImplementedError("create_graph=True is not implemented yet (see the autograd-surface issue)")
+    if grad_variables is not None:
+        grad_tensors = grad_variables
+    if retain_graph is None:
+        retain_graph = create_graph
+    tensors, seeds = _prepare(tensors, grad_tensors)
     if inputs is not None:
-        raise NotImplementedError("backward(inputs=...) is not implemented yet")
-    if isinstance(tensors, Tensor):
-        tensors, grad_tensors = [tensors], [grad_tensors]
-    elif grad_tensors is None:
-        grad_tensors = [None] * len(tensors)
-    for t, g in zip(tensors, grad_tensors):
-        if not t._rg:
-            raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
-        seed = _seed(t, g)
+        inputs = _as_list(inputs, "inputs")
+        if not inputs:
+            raise RuntimeError("`inputs` argument to `backward()` cannot be empty.")
+        for x in inputs:
+            if not x._rg:
+                raise RuntimeError("One of the differentiated Tensors does not require grad")
+    if inputs is not None or create_graph:
+        if inputs is None:
+            inputs = _graph_leaves(tensors)
+        grads = _run(tensors, seeds, inputs, retain_graph, create_graph)
+        for x, g in zip(inputs, grads):
+            if g is not None:
+                _accumulate_grad(x, g)
+        return
+    for t, seed in zip(tensors, seeds):
         if t._rec < 0:  # a leaf: backward just accumulates the seed
-            s = t._leaf_slot()
-            dst = TAPE.leaf_view(s, t._shape, t._dtype.np)
-            if TAPE.leaf_state[s] == 0:
-                dst[...] = seed
-                TAPE.leaf_state[s] = 1
-            else:
-                dst[...] += seed
-            continue
-        TAPE.backward(t._rec, seed, bool(retain_graph))
+            _accumulate_grad(t, np.asarray(seed))
+    roots = [(t._rec, s) for t, s in zip(tensors, seeds) if t._rec >= 0]
+    if roots:
+        TAPE.backward_many([r for r, _ in roots], [s for _, s in roots], bool(retain_graph))
+
+
+def _accumulate_grad(x, g):
+    """x.grad += g (torch's AccumulateGrad), g a NumPy array or a Tensor (create_graph)."""
+    from ..tape.tape import TAPE
+    from ..tensor import Tensor
+    if isinstance(g, Tensor):
+        if x._rec >= 0:
+            x._gradt = g if x._gradt is None else x._gradt + g
+            return
+        cur = x.grad
+        if cur is None or not (g._rg or cur._rg):
+            if cur is None and g._rg:
+                x.grad = g
+                return
+            g = g._values()
+        else:
+            x.grad = cur + g
+            return
+    if x._rec >= 0:
+        x._accumulate_retained(np.array(g))
+        return
+    s = x._leaf_slot()
+    dst = TAPE.leaf_view(s, x._shape, x._dtype.np)
+    if TAPE.leaf_state[s] == 0:
+        dst[...] = g
+        TAPE.leaf_state[s] = 1
+    else:
+        dst[...] += g
+
+
+def _graph_leaves(tensors):
+    """The leaves that require grad reachable from `tensors` (backward(create_graph=True) fills their .grad)."""
+    from ._higher import reachable_leaves
+    return reachable_leaves(tensors)
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, only_inputs=True,
+         allow_unused=None, is_grads_batched=False, materialize_grads=False):
+    """Gradients of `outputs` w.r.t. `inputs`, as a tuple (torch.autograd.grad); .grad is not touched."""
+    from ..tensor import Tensor, zeros_like
+    if materialize_grads and allow_unused is False:
+        raise ValueError("Expected allow_unused to be True or not passed when materialize_grads=True, but got: "
+                         "allow_unused=False.")
+    if allow_unused is None:
+        allow_unused = materialize_grads
+    if is_grads_batched:
+        raise NotImplementedError("tapegrad.autograd.grad: is_grads_batched=True is not supported")
+    if retain_graph is None:
+        retain_graph = create_graph
+    single = isinstance(inputs, Tensor)
+    inputs = _as_list(inputs, "inputs")
+    if not inputs:
+        raise RuntimeError("grad requires non-empty inputs.")
+    for x in inputs:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"grad(): argument 'inputs' must be tuple of Tensors, not {type(x).__name__}")
+    outputs = _as_list(outputs, "outputs")
+    if grad_outputs is not None and not isinstance(grad_outputs, (list, tuple)):
+        grad_outputs = [grad_outputs]
+    if grad_outputs is not None and len(grad_outputs) != len(outputs):
+        raise RuntimeError(f"grad requires one grad_output per output: expected {len(outputs)} but got "
+                           f"{len(grad_outputs)}")
+    tensors, seeds = _prepare(outputs, list(grad_outputs) if grad_outputs is not None else None)
+    for x in inputs:
+        if not x._rg:
+            raise RuntimeError("One of the differentiated Tensors does not require grad")
+    grads = _run(tensors, seeds, inputs, retain_graph, create_graph)
+    out = []
+    for x, g in zip(inputs, grads):
+        if g is None:
+            if materialize_grads:
+                out.append(zeros_like(x))
+                continue
+            if not allow_unused:
+                raise RuntimeError("One of the differentiated Tensors appears to not have been used in the graph. "
+                                   "Set allow_unused=True if this is the desired behavior.")
+            out.append(None)
+        elif isinstance(g, Tensor):
+            out.append(g)
+        else:
+            from ..tensor import tensor
+            out.append(tensor(g, dtype=x._dtype))
+    return tuple(out)
 
 
 def __getattr__(name):
-    # torch.autograd.graph is importable as an attribute (tapegrad imports the facade lazily)
-    if name == "graph":
+    # torch.autograd.graph / .functional are importable as attributes (imported lazily)
+    if name in ("graph", "functional", "forward_ad"):
         import importlib
-        return importlib.import_module(__name__ + ".graph")
+        return importlib.import_module(__name__ + "." + name)
+    if name in ("gradcheck", "gradgradcheck"):
+        from . import gradcheck as _gc
+        return getattr(_gc, name)
+    if name == "Function":
+        from .function import Function
+        return Function
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["backward", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled"]
+__all__ = ["backward", "grad", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "Function",
+           "detect_anomaly", "set_detect_anomaly", "gradcheck", "gradgradcheck"]

@@ -9,14 +9,15 @@ indexing, squeeze/unsqueeze) allocate nothing: the output shares the input's
 storage, and a record is appended only when the view takes part in autograd.
 """
 import numbers
+import struct
 
 import numpy as np
 
 from .. import _dtype as D
 from ..autograd.grad_mode import _STATE as _GRAD
 from ..storage import byte_span
-from ..tape.tape import TAPE
-from .table import OPS
+from ..tape.tape import ROW, TAPE
+from .table import BY_OPCODE, OPS
 
 
 _TMOD = []
@@ -144,6 +145,23 @@ _NP_BINARY_B = {
     "minimum": lambda x, z, y, g, c: (np.where(x == z, g / 2, np.where(x > z, 0.0, g)),
                                       np.where(x == z, g / 2, np.where(x < z, 0.0, g))),
 }
+
+
+def jit_record_grads_np(tape, P, i):
+    """The two input gradients of jitted binary record i (physical) whose inputs are the same
+    tensor (``x * x``), computed in NumPy from the operands at the record's addresses: the
+    jitted replay would add both into the one buffer they share."""
+    from ..storage import array_at
+    code, n, out, a, b = struct.unpack_from("<5q", tape.buf, i * ROW)
+    spec = BY_OPCODE[code >> 5]
+    npdt = np.float64 if (code & 3) == 1 else np.float32
+    c = struct.unpack_from("<d", tape.buf, i * ROW + 64)[0]
+    na, nb = (1 if (code >> 2) & 1 else n), (1 if (code >> 2) & 2 else n)
+    x, z, y = array_at(a, na, npdt), array_at(b, nb, npdt), array_at(out, n, npdt)
+    g = tape._grad_view(P, i, (n,), npdt)
+    with np.errstate(all="ignore"):
+        gx, gz = _NP_BINARY_B[spec.name](x, z, y, g, c)
+    return [sum_to(np.broadcast_to(gx, (n,)), (na,)).astype(npdt), sum_to(np.broadcast_to(gz, (n,)), (nb,)).astype(npdt)]
 
 
 def result_dtype(name, x, y, scalar=False):

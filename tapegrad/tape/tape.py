@@ -29,6 +29,7 @@ the leaf's gradient buffer and ``leaf_state[slot]`` 0 when ``.grad`` is None
 """
 import re
 import struct
+import sys
 import traceback
 import weakref
 from array import array
@@ -41,6 +42,7 @@ from ..kernels import replay_cpu as R
 from ..ops.table import BY_OPCODE, OPS, PY
 from ..storage import ARENA, byte_span, view
 
+_PKG_DIR = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
 NCOL = 9                  # int64 columns of a row; column 8 holds the float attribute's bits
 ROW = NCOL * 8
 ALIVE = 7 * 8             # byte offset of the alive flag in a row
@@ -73,6 +75,32 @@ class PyRec:
         self.spans = spans   # (address, shape, strides, itemsize) of the inputs, for the version check
 
 
+class _Pass:
+    """The state of one backward pass (Note [backward passes])."""
+    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs", "private")
+
+
+def _tensor_of(arr):
+    """A detached Tensor over a NumPy array (what hooks receive)."""
+    from ..tensor import from_numpy
+    return from_numpy(arr)
+
+
+def _check_hook_result(r, like):
+    """The values of a hook's replacement gradient, which must match the gradient's shape."""
+    v = np.asarray(r._values() if hasattr(r, "_values") else r)
+    if v.size != like.size:
+        raise RuntimeError(f"hook 'hook' has changed the size of value")
+    return v.reshape(like.shape)
+
+
+def _grad_fn_name(tape, i):
+    code = struct.unpack_from("<q", tape.buf, i * ROW)[0]
+    if (code >> 5) == PY:
+        return tape.py[i + tape.base].spec.grad_fn
+    return BY_OPCODE[code >> 5].grad_fn
+
+
 class Tape:
     def __init__(self):
         self.buf = bytearray(ROW * 4096)   # the rows; grows by doubling, never while a view is out
@@ -90,7 +118,14 @@ class Tape:
         self.inplace_log = []      # (lo, hi, record index, version counter, shape, dtype) of in-place writes
         self._log_prune_at = 32    # log length that triggers prune_inplace_log
         self.retained = {}         # global index -> tensor whose grad is retained
-        self.anomaly = {}          # global index -> traceback (anomaly mode)
+        self.anomaly = {}          # global index -> forward stack of the record (anomaly mode)
+        self.detect_anomaly = False   # anomaly mode with NaN checks: backward runs record by record
+        self.anomaly_stacks = False   # anomaly mode: keep the forward stack of each record
+        self.hooks = {}            # global index -> [(kind, fn, shape)]: tensor hooks, node pre/post hooks
+        self.leaf_hooks = {}       # slot -> {handle id: fn}: hooks of leaf tensors
+        self.busy = 0              # backward passes running (no sweep meanwhile)
+        self._pass = None          # the innermost running pass
+        self._scratch = None       # its gradient scratch (TAPEGRAD_DEBUG checks addresses in it)
         # leaf gradient slots
         self.leaf_addr = array("q")
         self.leaf_nbytes = array("q")
@@ -157,7 +192,19 @@ class Tape:
         self.edges.extend(producers)
         self.append((PY << 5) | dt, n, out_addr, e, 0, -1, -1, 1 if grad else 0, 0.0)
         self.py[r] = PyRec(spec, fwd, bwd, ins, out, attrs, saves, spans)
+        if self.anomaly_stacks:
+            self.capture_stacks(r, r + 1)
         return r
+
+    def capture_stacks(self, lo, hi):
+        """Anomaly mode: remember the Python stack that recorded records lo..hi-1 (the frames
+        outside tapegrad; in this mode every record runs, and so is seen here, as it is made)."""
+        stack = None
+        for g in range(lo, hi):
+            if g not in self.anomaly:
+                if stack is None:
+                    stack = [f for f in traceback.extract_stack()[:-1] if not f.filename.startswith(_PKG_DIR)]
+                self.anomaly[g] = stack
 
     # ----- forward -----------------------------------------------------------
     def cols(self):
@@ -176,6 +223,8 @@ class Tape:
         hi = self.next_index
         if self.flushed >= hi:
             return
+        if self.anomaly_stacks:
+            self.capture_stacks(self.flushed, hi)
         T, C = self.cols()
         if config.DEBUG:
             from .debug import check_addresses
@@ -210,6 +259,8 @@ class Tape:
     def sweep(self):
         """Drop the longest prefix of records that are dead and already ran
         (one jitted pass), so that the tape returns to its floor."""
+        if self.busy:
+            return 0   # a backward pass is running: physical indices must not move
         if self.flushed < self.next_index:
             self.flush()   # records that have not run cannot be dropped: run them (DESIGN: flush at a bound)
         if self.n == 0:
@@ -333,6 +384,9 @@ class Tape:
             del self.keep[key]
         for g in [g for g in self.retained if g < base]:
             del self.retained[g]
+        for d in (self.anomaly, self.hooks):
+            for g in [g for g in d if g < base]:
+                del d[g]
         self.inplace_log = [e for e in self.inplace_log if e[2] >= base]
         self.last_kept = None
         if not self.n:
@@ -394,85 +448,358 @@ class Tape:
         return view(self.leaf_buf[s], self.leaf_addr[s], shape, tuple(reversed(strides)), npdt)
 
     # ----- backward ------------------------------------------------------------
-    def backward(self, root, seed, retain_graph):
-        """Reverse replay from global record `root`, its gradient `seed` (an
-        array of the root's shape and dtype). Fills leaf slots and retained
-        grads; frees saved values unless retain_graph."""
+    # Note [backward passes]: a pass is one reverse replay from one or more roots. Everything
+    # it needs lives in a _Pass, not on the tape, because passes nest: a custom Function's
+    # backward, a hook or a checkpoint may record ops and even run a backward of its own in the
+    # middle of one. For the same reason no view of the rows is held while Python code runs
+    # (the rows may grow), and no sweep runs while a pass is active (the physical index of a
+    # record must not move under it).
+    def backward(self, root, seed, retain_graph, **kw):
+        """Reverse replay from global record `root` with gradient `seed` (an array of the
+        root's shape and dtype); see backward_many."""
+        return self.backward_many([root], [seed], retain_graph, **kw)
+
+    def backward_many(self, roots, seeds, retain_graph, leaves=None, only=False, capture=()):
+        """Reverse replay from the global records `roots`, seeded with `seeds`. Fills leaf slots
+        and retained grads, and frees saved values unless retain_graph.
+
+        leaves: {slot: zeroed uint8 buffer} collects those leaves' gradients there instead of
+        in their slots; only: no other leaf slot is written (autograd.grad); capture: global
+        records whose gradient to return, {record: NumPy copy or None}."""
         try:
-            self._backward(root, seed, retain_graph)
+            return self._backward(roots, seeds, retain_graph, leaves, only, capture)
         except BaseException as e:
             # NOTE: a traceback keeps its frames' locals, and so NumPy views of the tape's
             # buffers: the tape could never grow again (BufferError). Drop them.
             traceback.clear_frames(e.__traceback__)
             raise
 
-    def _backward(self, root, seed, retain_graph):
+    def _backward(self, roots, seeds, retain_graph, leaves, only, capture):
         base = self.base
         lo = base
+        root = max(roots)
         T, C = self.cols()
         need = np.zeros(root - lo + 1, np.int64)
+        for r in roots:
+            need[r - lo] = 1
         total = R.mark(T, np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES, root, lo, base,
                        need)
         if total < 0:
             del T, C
             raise RuntimeError(SECOND_TIME)
-        if self.inplace_log:
-            try:
+        try:
+            if self.inplace_log:
                 self._check_versions(T, need, lo)
-            finally:
-                del T, C
-        else:
+        finally:
             del T, C
         self.flush()      # only now: a backward that raises above leaves the tape as it was
-        T, C = self.cols()
-        scratch = self._scratch_keep
-        if scratch is None or scratch.nbytes < total + 64 or __import__("sys").getrefcount(scratch) > 2:
-            scratch = self._scratch_keep = np.zeros(int(total) + 64, np.uint8)
+        P = _Pass()
+        keep = self._scratch_keep
+        if keep is None or keep.nbytes < total + 64 or sys.getrefcount(keep) > 2:
+            P.scratch = np.zeros(int(total) + 64, np.uint8)
+            if not self.busy:
+                self._scratch_keep = P.scratch
         else:
-            scratch[:int(total) + 64] = 0
-        saddr = self._saddr = scratch.ctypes.data
-        gaddr = np.zeros(self.n, np.int64)
+            P.scratch = keep
+            keep[:int(total) + 64] = 0
+        P.saddr = P.scratch.ctypes.data
+        P.gaddr = np.zeros(self.n, np.int64)
         idx = np.nonzero(need)[0]
-        gaddr[idx + (lo - base)] = saddr + need[idx] - 1
-        self._scratch = scratch
-        rp = root - base
-        self._grad_view(gaddr, rp, seed.shape, seed.dtype)[...] = seed
-        la = np.frombuffer(self.leaf_addr, np.int64) if len(self.leaf_addr) else np.zeros(1, np.int64)
-        ls = np.frombuffer(self.leaf_state, np.int8) if len(self.leaf_state) else np.zeros(1, np.int8)
-        ln = np.frombuffer(self.leaf_nbytes, np.int64) if len(self.leaf_nbytes) else np.zeros(1, np.int64)
-        if config.DEBUG:
-            from .debug import check_addresses
-            check_addresses(self, T, lo - base, rp + 1, gaddr=gaddr)
-        hi = rp
+        P.gaddr[idx] = P.saddr + need[idx] - 1
+        nslots = len(self.leaf_addr)
+        hooked = [s for s in self.leaf_hooks if s < nslots] if self.leaf_hooks else []
+        if leaves is None and not hooked:
+            P.la = np.frombuffer(self.leaf_addr, np.int64) if nslots else np.zeros(1, np.int64)
+            P.ls = np.frombuffer(self.leaf_state, np.int8) if nslots else np.zeros(1, np.int8)
+            P.bufs = {}
+            P.private = False
+        else:   # private copies of the leaf tables: some slots collect elsewhere, or nowhere
+            P.la = np.array(self.leaf_addr, np.int64) if nslots else np.zeros(1, np.int64)
+            P.ls = np.array(self.leaf_state, np.int8) if nslots else np.zeros(1, np.int8)
+            P.bufs = dict(leaves or {})
+            P.private = True
+            if only:
+                P.la[:nslots] = 0
+                P.ls[:nslots] = 1
+            for s in hooked:   # a leaf's hooks see its whole gradient of this pass (torch: once)
+                if s not in P.bufs and (not only):
+                    P.bufs[s] = np.zeros(self.leaf_nbytes[s], np.uint8)
+            for s, buf in P.bufs.items():
+                P.la[s] = buf.ctypes.data
+                P.ls[s] = 0
+        P.ln = np.frombuffer(self.leaf_nbytes, np.int64) if nslots else np.zeros(1, np.int64)
+        outer, self._pass = self._pass, P
+        prev_scratch, self._scratch = self._scratch, P.scratch
+        self.busy += 1
         try:
-            dt = int(T[hi, 0]) & 3
-            while hi >= 0:
-                i = (R.backward_f64 if dt == 1 else R.backward_f32)(T, C, gaddr, la, ls, ln, base, hi, lo - base)
-                if i < 0:
-                    break
-                if (T[i, 0] >> 5) == PY:
-                    self._py_backward(i, gaddr, ls)
-                    hi = i - 1
+            for r, seed in zip(roots, seeds):
+                v = self._grad_view(P, r - base, seed.shape, seed.dtype)
+                v[...] += np.asarray(seed)
+            if config.DEBUG:
+                from .debug import check_addresses
+                T, _ = self.cols()
+                try:
+                    check_addresses(self, T, lo - base, root - base + 1, gaddr=P.gaddr)
+                finally:
+                    del T, _
+            hi = root - base
+            stops = self._stops(idx + (lo - base))
+            for s in stops:
+                self._replay(P, hi, s + 1)
+                self._hooked(P, s)
+                hi = s - 1
+            self._replay(P, hi, lo - base)
+            got = {}
+            for g in capture:
+                k = g - base
+                if 0 <= k < len(P.gaddr) and P.gaddr[k]:
+                    shape, npdt = capture[g]
+                    got[g] = self._grad_view(P, k, shape, npdt).copy()
                 else:
-                    dt = int(T[i, 0]) & 3    # a record of the other dtype: switch entry point
-                    hi = i
-            for g, ref in list(self.retained.items()):
-                t = ref()
-                if t is None:
-                    del self.retained[g]
-                elif base <= g <= root and gaddr[g - base]:
-                    t._accumulate_retained(self._grad_view(gaddr, g - base, t.shape, t.dtype.np).copy())
+                    got[g] = None
+            if leaves is None:
+                for g, ref in list(self.retained.items()):
+                    t = ref()
+                    if t is None:
+                        del self.retained[g]
+                    elif base <= g <= root and P.gaddr[g - base]:
+                        t._accumulate_retained(self._grad_view(P, g - base, t.shape, t.dtype.np).copy())
+            self._finish_leaves(P, leaves, only)
+            if leaves:
+                got["leaves"] = {s: bool(P.ls[s]) for s in leaves}
             if not retain_graph:
-                k = idx + (lo - base)
-                codes = T[k, 0]
-                ops = codes >> 5
-                sel = _HAS_SAVES[ops] != 0
-                for j in np.nonzero(ops == PY)[0]:   # escape records say themselves whether they save
-                    sel[j] = self.py[int(k[j]) + base].saves
-                T[k[sel], 0] = codes[sel] | 16
+                T, _ = self.cols()
+                try:
+                    k = idx + (lo - base)
+                    codes = T[k, 0]
+                    ops = codes >> 5
+                    sel = _HAS_SAVES[ops] != 0
+                    for j in np.nonzero(ops == PY)[0]:   # escape records say themselves whether they save
+                        sel[j] = self.py[int(k[j]) + base].saves
+                    T[k[sel], 0] = codes[sel] | 16
+                finally:
+                    del T, _
+            return got
         finally:
-            del T, C, la, ls, ln
-            self._scratch = None
+            self.busy -= 1
+            self._pass = outer
+            self._scratch = prev_scratch
+
+    def _stops(self, marked):
+        """Physical indices (descending) of the marked records Python must see one by one:
+        those with hooks, or all of them in anomaly mode."""
+        if self.detect_anomaly:
+            return [int(i) for i in marked[::-1]]
+        if not self.hooks:
+            return []
+        base = self.base
+        return sorted((g - base for g in self.hooks if g - base in set(marked.tolist())), reverse=True)
+
+    def _replay(self, P, hi, lo):
+        """Jitted reverse replay of physical records hi..lo; escape records in Python."""
+        while hi >= lo:
+            T, C = self.cols()
+            try:
+                i = (R.backward_f64 if (T[hi, 0] & 3) == 1 else R.backward_f32)(T, C, P.gaddr, P.la, P.ls, P.ln,
+                                                                               self.base, hi, lo)
+                py = i >= 0 and (T[i, 0] >> 5) == PY
+            finally:
+                del T, C
+            if i < 0:
+                return
+            if py:
+                self._accumulate(P, i, self._py_grads(P, i))
+                hi = i - 1
+            else:
+                hi = i      # a record of the other dtype: switch entry point
+
+    def _finish_leaves(self, P, leaves, only):
+        """After the replay: leaf hooks see the gradient this pass collected aside for their leaf
+        (and may replace it); what was collected aside only for a hook goes to the leaf's slot;
+        the private copy of the state table goes back for the slots written in place."""
+        if not P.private:
+            return
+        for s, buf in P.bufs.items():
+            if not P.ls[s]:
+                continue        # no record reached the leaf
+            owner = self.leaf_owner[s]
+            t = owner() if owner is not None else None
+            if t is None:
+                continue
+            nb = self.leaf_nbytes[s]
+            v = buf[:nb].view(t._dtype.np).reshape(t._shape)
+            for fn in list(self.leaf_hooks.get(s, {}).values()):
+                r = fn(_tensor_of(v.copy()))
+                if r is not None:
+                    v[...] = _check_hook_result(r, v)
+            if leaves is not None and s in leaves:
+                continue        # autograd.grad reads it from there
+            dst = self.leaf_view(s, t._shape, t._dtype.np)
+            if self.leaf_state[s] == 0:
+                dst[...] = v
+                self.leaf_state[s] = 1
+            else:
+                dst[...] += v
+        n = len(self.leaf_state)
+        if n:
+            real = np.frombuffer(self.leaf_state, np.int8)
+            inplace = P.la[:n] != 0
+            for s in P.bufs:
+                inplace[s] = False
+            real[inplace] = P.ls[:n][inplace]
+            del real
+
+    def _grad_view(self, P, i, shape, npdt):
+        """The gradient buffer of physical record i in pass P, a view into the scratch bytes
+        (slicing the scratch array: ~3x cheaper than np.ndarray(buffer=...))."""
+        npdt = np.dtype(npdt)
+        n = 1
+        for d in shape:
+            n *= d
+        off = int(P.gaddr[i]) - P.saddr
+        return P.scratch[off:off + n * npdt.itemsize].view(npdt).reshape(tuple(shape))
+
+    # ----- one record at a time (escape records, hooks, anomaly mode) ----------------
+    def inputs_of(self, i):
+        """[(producer code, shape, NumPy dtype)] of physical record i's inputs; the shapes of a
+        jitted record's operands are flat (the tape keeps element counts only)."""
+        code, n, out, a, b, pa, pb = struct.unpack_from("<7q", self.buf, i * ROW)
+        op = code >> 5
+        if op == PY:
+            rec = self.py[i + self.base]
+            cnt = self.edges[a]
+            return [(self.edges[a + 1 + j], shape, npdt) for j, (shape, npdt) in enumerate(rec.ins)][:cnt]
+        npdt = np.dtype(np.float64 if (code & 3) == 1 else np.float32)
+        spec = BY_OPCODE[op]
+        bc = (code >> 2) & 3
+        if spec.kind == "reduce":
+            return [(pa, (b,), npdt)]
+        ins = [(pa, (1 if bc & 1 else n,), npdt)]
+        if spec.kind == "binary":
+            ins.append((pb, (1 if bc & 2 else n,), npdt))
+        return ins
+
+    def out_of(self, i):
+        """(shape, NumPy dtype) of physical record i's output (flat for a jitted record)."""
+        code, n = struct.unpack_from("<2q", self.buf, i * ROW)
+        if (code >> 5) == PY:
+            return self.py[i + self.base].out
+        return (n,), np.dtype(np.float64 if (code & 3) == 1 else np.float32)
+
+    def _py_grads(self, P, i):
+        rec = self.py[i + self.base]
+        shape, npdt = rec.out
+        return rec.bwd(self._grad_view(P, i, shape, npdt))
+
+    def _jit_grads(self, P, i):
+        """The gradients a jitted record sends to each input, each in a buffer of its own (the
+        record is replayed alone with its inputs' gradient addresses pointed elsewhere)."""
+        ins = self.inputs_of(i)
+        if len(ins) == 2 and ins[0][0] == ins[1][0] and ins[0][0] != -1:   # x * x: one buffer, two grads
+            from ..ops.pyops import jit_record_grads_np
+            return jit_record_grads_np(self, P, i)
+        base = self.base
+        tmps, saved = [], []
+        for p, shape, npdt in ins:
+            if p == -1:
+                tmps.append(None)
+                continue
+            t = np.zeros(shape, npdt)
+            tmps.append(t)
+            if p >= 0:
+                saved.append(("g", p - base, P.gaddr[p - base]))
+                P.gaddr[p - base] = t.ctypes.data
+            else:
+                s = -p - 2
+                saved.append(("l", s, (P.la[s], P.ls[s])))
+                P.la[s], P.ls[s] = t.ctypes.data, 1
+        try:
+            self._replay(P, i, i)
+        finally:
+            for kind, k, old in reversed(saved):
+                if kind == "g":
+                    P.gaddr[k] = old
+                else:
+                    P.la[k], P.ls[k] = old
+        return tmps
+
+    def _accumulate(self, P, i, grads):
+        """Add record i's input gradients into their producers' buffers (or leaf slots)."""
+        base = self.base
+        for j, (p, shape, npdt) in enumerate(self.inputs_of(i)):
+            gj = grads[j] if j < len(grads) else None
+            if gj is None or p == -1:
+                continue
+            if p >= 0:
+                if not P.gaddr[p - base]:
+                    continue
+                pshape, pdt = self.out_of(p - base)
+                dst = self._grad_view(P, p - base, pshape, pdt)
+                dst[...] += np.reshape(gj, pshape) if np.size(gj) == dst.size else gj
+            else:
+                s = -p - 2
+                if not P.la[s]:
+                    continue
+                dst = self._leaf_dst(P, s, shape, npdt)
+                if P.ls[s] == 0:
+                    dst[...] = gj
+                    P.ls[s] = 1
+                else:
+                    dst[...] += gj
+
+    def _leaf_dst(self, P, s, shape, npdt):
+        buf = P.bufs.get(s)
+        if buf is None:
+            return self.leaf_view(s, shape, npdt)
+        npdt = np.dtype(npdt)
+        return buf[:int(np.prod(shape, dtype=np.int64)) * npdt.itemsize].view(npdt).reshape(shape)
+
+    def _hooked(self, P, i):
+        """Record i with Python around it: its output gradient's hooks (which may replace it),
+        then its backward, with node hooks and the anomaly check on the input gradients."""
+        if not P.gaddr[i]:
+            return
+        g = i + self.base
+        hooks = self.hooks.get(g, ())
+        shape, npdt = self.out_of(i)
+        name = _grad_fn_name(self, i)
+        pre = [h for h in hooks if h[0] in ("tensor", "pre")]
+        post = [h for h in hooks if h[0] == "post"]
+        if pre:
+            for kind, fn, hshape in pre:
+                v = self._grad_view(P, i, hshape or shape, npdt)
+                arg = _tensor_of(v.copy())
+                r = fn(arg) if kind == "tensor" else fn((arg,))
+                if kind == "pre" and r is not None:
+                    r = r[0] if isinstance(r, (tuple, list)) else r
+                if r is not None:
+                    v[...] = _check_hook_result(r, v)
+        code = struct.unpack_from("<q", self.buf, i * ROW)[0]
+        if not post and not self.detect_anomaly:
+            if (code >> 5) == PY:
+                self._accumulate(P, i, self._py_grads(P, i))
+            else:
+                self._replay(P, i, i)
+            return
+        grads = list(self._py_grads(P, i) if (code >> 5) == PY else self._jit_grads(P, i))
+        if self.detect_anomaly:
+            for j, gj in enumerate(grads):
+                if gj is not None and np.isnan(np.asarray(gj, np.float64)).any():
+                    tb = self.anomaly.get(g)
+                    if tb is not None:
+                        import warnings
+                        warnings.warn(f"Error detected in {name}. Traceback of forward call that caused the "
+                                      f"error:\n" + "".join(traceback.format_list(tb)), UserWarning, stacklevel=2)
+                    raise RuntimeError(f"Function '{name}' returned nan values in its {j}th output.")
+        if post:
+            gout = (_tensor_of(self._grad_view(P, i, shape, npdt).copy()),)
+            for _, fn, _s in post:
+                gin = tuple(None if gj is None else _tensor_of(np.array(gj)) for gj in grads)
+                r = fn(gin, gout)
+                if r is not None:
+                    grads = [None if x is None else np.asarray(_check_hook_result(x, np.asarray(grads[j])))
+                             for j, x in enumerate(r)]
+        self._accumulate(P, i, grads)
 
     def _check_versions(self, T, need, lo):
         """PyTorch's error for a saved value modified in place after it was saved."""
@@ -521,38 +848,6 @@ class Tape:
                             f"version {vc[0] - later} instead. Hint: enable anomaly detection to find the "
                             f"operation that failed to compute its gradient, with "
                             f"torch.autograd.set_detect_anomaly(True, check_nan=False).")
-
-    def _grad_view(self, gaddr, i, shape, npdt):
-        """The gradient buffer of physical record i, a view into the scratch bytes
-        (slicing the scratch array: ~3x cheaper than np.ndarray(buffer=...))."""
-        npdt = np.dtype(npdt)
-        n = 1
-        for d in shape:
-            n *= d
-        off = int(gaddr[i]) - self._saddr
-        return self._scratch[off:off + n * npdt.itemsize].view(npdt).reshape(tuple(shape))
-
-    def _py_backward(self, i, gaddr, ls):
-        rec = self.py[i + self.base]
-        out = rec.out
-        g = self._grad_view(gaddr, i, out[0], out[1])
-        grads = rec.bwd(g)
-        e = struct.unpack_from("<q", self.buf, i * ROW + 24)[0]
-        for j, (shape, npdt) in enumerate(rec.ins):
-            gj = grads[j] if j < len(grads) else None
-            if gj is None:
-                continue
-            p = self.edges[e + 1 + j]
-            if p >= 0:
-                self._grad_view(gaddr, p - self.base, shape, npdt)[...] += gj
-            elif p <= -2:
-                s = -p - 2
-                dst = self.leaf_view(s, shape, npdt)
-                if ls[s] == 0:
-                    dst[...] = gj
-                    ls[s] = 1
-                else:
-                    dst[...] += gj
 
 
 TAPE = Tape()
