@@ -112,9 +112,19 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
         for x in inputs:
             if not x._rg:
                 raise RuntimeError("One of the differentiated Tensors does not require grad")
-    if inputs is not None or create_graph:
-        if inputs is None:
-            inputs = _graph_leaves(tensors)
+    if create_graph and inputs is None:
+        from ._higher import backward_graph
+        import warnings
+        warnings.warn("Using backward() with create_graph=True will create a reference cycle between the parameter "
+                      "and its gradient which can cause a memory leak. We recommend using autograd.grad when "
+                      "creating the graph to avoid this. If you have to use this function, make sure to reset the "
+                      ".grad fields of your parameters to None after use to break the cycle and avoid the leak. "
+                      "(Triggered internally at /__w/pytorch/pytorch/torch/csrc/autograd/engine.cpp:1307.)",
+                      UserWarning, stacklevel=3)
+        for x, g in backward_graph(tensors, seeds, None):
+            _accumulate_grad(x, g)
+        return
+    if inputs is not None:
         grads = _run(tensors, seeds, inputs, retain_graph, create_graph)
         for x, g in zip(inputs, grads):
             if g is not None:
@@ -155,12 +165,6 @@ def _accumulate_grad(x, g):
         TAPE.leaf_state[s] = 1
     else:
         dst[...] += g
-
-
-def _graph_leaves(tensors):
-    """The leaves that require grad reachable from `tensors` (backward(create_graph=True) fills their .grad)."""
-    from ._higher import reachable_leaves
-    return reachable_leaves(tensors)
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, only_inputs=True,

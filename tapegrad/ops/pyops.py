@@ -33,11 +33,14 @@ def _T():
 
 # ----- the record helper ---------------------------------------------------------
 
-def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True):
+def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True, lin=None):
     """Append an escape record computing `out` from tensors `ins`.
 
     fwd(*in_np) -> array written into out (or None if fwd wrote it itself);
-    bwd(g, out_np, *in_np) -> one gradient (or None) per input."""
+    bwd(g, out_np, *in_np) -> one gradient (or None) per input;
+    lin: the op is linear in its float inputs (its VJP is then linear too, and create_graph
+    differentiates it without a rule of its own): True when fwd is that linear map, else
+    lin(tangents, out_np, in_np) -> the map applied to tangents."""
     T = _T()
     rg = grad and bwd is not None and _GRAD[0] and any(t._rg for t in ins)
     ivs = [t._view_np() for t in ins]
@@ -61,9 +64,13 @@ def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True):
     # raw (address, shape, strides, itemsize) of the inputs; byte spans are worked out only when
     # a backward must check them against in-place writes (Tape._check_versions)
     spans = [(t._addr, t._shape, t._stride, t._dtype.itemsize) for t in ins] if (rg and saves) else None
-    r = TAPE.pyrecord(OPS[name], f, b, [(t._shape, t._dtype.np) for t in ins], (out._shape, out._dtype.np),
+    spec = OPS[name] if isinstance(name, str) else name
+    r = TAPE.pyrecord(spec, f, b, [(t._shape, t._dtype.np) for t in ins], (out._shape, out._dtype.np),
                       out._n, out._dtype.code & 3, out._addr, prods, attrs, saves, grad=rg, spans=spans)
     if rg:
+        rec = TAPE.py[r]
+        rec.ivs, rec.ov, rec.raw = ivs, ov, bwd
+        rec.lin = (lambda ts, o, iv: fwd(*ts)) if lin is True else lin
         out._rec = r
         out._rg = True
     if T.is_exposed(out) or any(T.is_exposed(t) for t in ins):
@@ -205,13 +212,13 @@ def to_dtype(x, dt, hidden=False):
     T = _T()
     out = T._empty(x._shape, dt)
     bwd = (lambda g, o, xv: (g,)) if dt.is_floating_point and x._dtype.is_floating_point else None
-    return record("to_copy", out, [x], lambda xv: xv, bwd, saves=False, attrs={"hidden": hidden})
+    return record("to_copy", out, [x], lambda xv: xv, bwd, saves=False, attrs={"hidden": hidden}, lin=True)
 
 
 def contiguous(x, hidden=False):
     T = _T()
     out = T._empty(x._shape, x._dtype)
-    return record("clone", out, [x], lambda xv: xv, lambda g, o, xv: (g,), saves=False,
+    return record("clone", out, [x], lambda xv: xv, lambda g, o, xv: (g,), saves=False, lin=True,
                   attrs={"hidden": hidden})
 
 
@@ -243,7 +250,7 @@ def view_op(name, x, vf, bwd=None):
                 gx = np.zeros(shape, g.dtype)
                 vf(gx)[...] = g
                 return (gx,)
-        record(name, out, [x], lambda xv: None, bwd, saves=False)
+        record(name, out, [x], lambda xv: None, bwd, saves=False, lin=lambda ts, o, ivs: vf(ts[0]))
     return out
 
 
@@ -441,7 +448,7 @@ def getitem(x, idx):
         gx = np.zeros(shape, g.dtype)
         np.add.at(gx, nidx, g)
         return (gx,)
-    return record("index", out, [x], lambda xv: xv[nidx], bwd)
+    return record("index", out, [x], lambda xv: xv[nidx], bwd, lin=True)
 
 
 def setitem(x, idx, value):
@@ -467,7 +474,11 @@ def setitem(x, idx, value):
         raise RuntimeError(f"shape mismatch: value tensor of shape {list(value._shape)} cannot be broadcast to "
                            f"indexing result of shape {list(np.empty(x._shape)[nidx].shape)}") from None
     x._version_counter()[0] += 1
-    _inplace_record("index_put", x, [value], lambda xv, vv: _assign(xv, nidx, vv), _setitem_bwd(nidx, x, value))
+    def lin(ts, o, ivs):
+        r = np.array(ts[0], copy=True)
+        r[nidx] = ts[1]
+        return r
+    _inplace_record("index_put", x, [value], lambda xv, vv: _assign(xv, nidx, vv), _setitem_bwd(nidx, x, value), lin)
 
 
 def _assign(xv, nidx, vv):
@@ -485,7 +496,7 @@ def _setitem_bwd(nidx, x, value):
     return bwd
 
 
-def _inplace_record(name, x, others, fwd_inplace, bwd):
+def _inplace_record(name, x, others, fwd_inplace, bwd, lin=None):
     """A record that writes x's own storage; x's history moves onto it."""
     T = _T()
     rg = _GRAD[0] and (x._rg or any(o._rg for o in others)) and bwd is not None
@@ -504,6 +515,9 @@ def _inplace_record(name, x, others, fwd_inplace, bwd):
     r = TAPE.pyrecord(OPS[name], f, b, [(t._shape, t._dtype.np) for t in ins], (x._shape, x._dtype.np),
                       x._n, x._dtype.code & 3, x._addr, prods, None, True, grad=rg)
     if rg:
+        rec = TAPE.py[r]
+        rec.ivs, rec.ov, rec.lin = ivs, ivs[0], lin
+        rec.raw = lambda g, o, *iv: bwd(g, o, *iv[1:])
         x._rec = r
         x._rg = True
         if old >= 0:
@@ -532,7 +546,8 @@ def fill_(x, value):
 
     def f(xv):
         xv[...] = value
-    return _inplace_record("copy_", x, [], f, (lambda g, o: (np.zeros_like(g),)) if x._rg else None)
+    return _inplace_record("copy_", x, [], f, (lambda g, o: (np.zeros_like(g),)) if x._rg else None,
+                           lambda ts, o, ivs: np.zeros_like(o))
 
 
 def copy_(x, src):
@@ -555,7 +570,8 @@ def copy_(x, src):
 
     def bwd(g, o, sv):
         return np.zeros_like(g), sum_to(g, sshape)
-    return _inplace_record("copy_", x, [src], f, bwd if x._dtype.is_floating_point else None)
+    return _inplace_record("copy_", x, [src], f, bwd if x._dtype.is_floating_point else None,
+                           lambda ts, o, ivs: np.broadcast_to(ts[1], o.shape))
 
 
 def inplace(x, name, other, alpha=1):
@@ -621,7 +637,7 @@ def sum_dim(x, dim=None, keepdim=False, dtype=None, mean=False, whole=False):
         gx = np.broadcast_to(gg, xshape)
         return ((gx / cnt) if mean else gx,)
     name = ("mean" if mean else "sum") if whole else ("mean_dim" if mean else "sum_dim")
-    return record(name, out, [x], fwd, bwd, saves=False)
+    return record(name, out, [x], fwd, bwd, saves=False, lin=True)
 
 
 def reduce_all(x, name, dtype=None):
@@ -675,7 +691,7 @@ def maxmin_dim(x, dim, keepdim, is_max):
         gg = g if keepdim else np.expand_dims(g, d)
         np.put_along_axis(gx, ii, gg, axis=d)
         return (gx,)
-    v = record("max_dim" if is_max else "min_dim", out, [x], fwd, bwd)
+    v = record("max_dim" if is_max else "min_dim", out, [x], fwd, bwd, lin=True)
     return v, ind
 
 
@@ -694,7 +710,10 @@ def maxmin_all(x, is_max):
         # NOTE: PyTorch's max()/min() over all elements splits the gradient evenly among ties
         mask = (xv == o)
         return (np.where(mask, g / mask.sum(), 0.0).reshape(shape),)
-    return record("max_all" if is_max else "min_all", out, [x], fwd, bwd)
+    def lin(ts, o, ivs):
+        mask = ivs[0] == o
+        return np.sum(np.where(mask, ts[0], 0.0)) / mask.sum()
+    return record("max_all" if is_max else "min_all", out, [x], fwd, bwd, lin=lin)
 
 
 # ----- linear algebra --------------------------------------------------------------------
@@ -822,7 +841,7 @@ def mse_loss(x, t, reduction):
         d = np.broadcast_to(d, shape)
         return (sum_to(d, xs) if needs[0] else None, sum_to(-d, ts) if needs[1] else None)
     bwd.needs_aware = True
-    return record("mse_loss", out, [x, t], fwd, bwd)
+    return record("mse_loss", out, [x, t], fwd, bwd, attrs={"reduction": reduction})
 
 
 # ----- joining ---------------------------------------------------------------------------
@@ -854,7 +873,7 @@ def cat(tensors, dim=0):
 
     def bwd(g, o, *vs):
         return tuple(np.split(g, sizes, axis=d))
-    return record("cat", out, tensors, fwd, bwd, saves=False)
+    return record("cat", out, tensors, fwd, bwd, saves=False, lin=True)
 
 
 def stack(tensors, dim=0):
@@ -879,7 +898,7 @@ def stack(tensors, dim=0):
 
     def bwd(g, o, *vs):
         return tuple(np.take(g, i, axis=d) for i in range(len(vs)))
-    return record("stack", out, tensors, fwd, bwd, saves=False)
+    return record("stack", out, tensors, fwd, bwd, saves=False, lin=True)
 
 
 def where(cond, x, y):
@@ -901,7 +920,7 @@ def where(cond, x, y):
 
     def bwd(g, o, cv, xv, yv):
         return None, sum_to(np.where(cv, g, 0.0), xs), sum_to(np.where(cv, 0.0, g), ys)
-    return record("where", out, [cond, x, y], fwd, bwd)
+    return record("where", out, [cond, x, y], fwd, bwd, lin=True)
 
 
 # ----- softmax family, clamp ---------------------------------------------------------------
@@ -928,7 +947,7 @@ def softmax(x, dim, log=False):
         if log:
             return (g - np.exp(o) * np.sum(g, axis=ax, keepdims=o.ndim > 0),)
         return (o * (g - np.sum(g * o, axis=ax, keepdims=o.ndim > 0)),)
-    return record("log_softmax" if log else "softmax", out, [x], fwd, bwd)
+    return record("log_softmax" if log else "softmax", out, [x], fwd, bwd, attrs={"dim": d})
 
 
 def clamp(x, lo, hi, single=False):
@@ -972,7 +991,9 @@ def _clamp_np(x, lo, hi):
         if hi is not None:
             m &= xv <= hi
         return (np.where(m, g, 0.0),)
-    return record("clamp", out, [x], fwd, bwd if x._dtype.is_floating_point else None)
+    def lin(ts, o, ivs):
+        return bwd(ts[0], o, ivs[0])[0]   # the mask of the bounds: its own transpose
+    return record("clamp", out, [x], fwd, bwd if x._dtype.is_floating_point else None, lin=lin)
 
 
 # ----- non-differentiable (computed at once, output never requires grad) -------------------

@@ -66,13 +66,17 @@ class PyRec:
     ``fwd(out_np, *in_np)`` fills the output; ``bwd(g_np, out_np, *in_np)``
     returns one gradient (or None) per input. ``ins`` are the input tensors
     (kept alive, as PyTorch keeps saved tensors)."""
-    __slots__ = ("spec", "fwd", "bwd", "ins", "out", "saves", "attrs", "spans")
+    __slots__ = ("spec", "fwd", "bwd", "ins", "out", "saves", "attrs", "spans", "ivs", "ov", "lin", "raw")
 
     def __init__(self, spec, fwd, bwd, ins, out, attrs=None, saves=True, spans=None):
         self.spec, self.fwd, self.bwd, self.ins, self.out = spec, fwd, bwd, ins, out
         self.attrs = attrs or {}
         self.saves = saves
         self.spans = spans   # (address, shape, strides, itemsize) of the inputs, for the version check
+        # for create_graph (autograd/_higher.py): the NumPy views of the inputs and the output, the raw
+        # VJP (g, out, *ins), and `lin` for a record linear in its float inputs: True when its forward
+        # is that linear map, else lin(tangents, out, ins) -> array
+        self.ivs = self.ov = self.lin = self.raw = None
 
 
 class _Pass:
@@ -474,24 +478,33 @@ class Tape:
             traceback.clear_frames(e.__traceback__)
             raise
 
-    def _backward(self, roots, seeds, retain_graph, leaves, only, capture):
+    def mark_roots(self, roots):
+        """(need, total): need[g - base] = 1 + byte offset of the gradient of each record reachable
+        from global records `roots` (0 elsewhere), total = the scratch bytes they take. Raises
+        PyTorch's errors for a freed graph or a saved value modified in place (nothing has run)."""
         base = self.base
-        lo = base
         root = max(roots)
         T, C = self.cols()
-        need = np.zeros(root - lo + 1, np.int64)
+        need = np.zeros(root - base + 1, np.int64)
         for r in roots:
-            need[r - lo] = 1
-        total = R.mark(T, np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES, root, lo, base,
-                       need)
+            need[r - base] = 1
+        total = R.mark(T, np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES, root, base,
+                       base, need)
         if total < 0:
             del T, C
             raise RuntimeError(SECOND_TIME)
         try:
             if self.inplace_log:
-                self._check_versions(T, need, lo)
+                self._check_versions(T, need, base)
         finally:
             del T, C
+        return need, total
+
+    def _backward(self, roots, seeds, retain_graph, leaves, only, capture):
+        base = self.base
+        lo = base
+        root = max(roots)
+        need, total = self.mark_roots(roots)
         self.flush()      # only now: a backward that raises above leaves the tape as it was
         P = _Pass()
         keep = self._scratch_keep
