@@ -241,6 +241,8 @@ class Tensor:
         if n is None or n._r != self._rec:
             from .autograd.graph import node_for_record
             n = self._node = node_for_record(self._rec)
+            if n._r == self._rec:
+                n._shape = self._shape
         return n
 
     @property
@@ -442,7 +444,22 @@ class Tensor:
         return self
 
     def register_hook(self, hook):
-        raise NotImplementedError("Tensor.register_hook is not implemented yet (see the autograd-surface issue)")
+        """hook(grad) when this tensor's gradient is computed; it may return a replacement.
+        A leaf's hooks see its whole gradient of a backward, before it is accumulated."""
+        if not self._rg:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        from collections import OrderedDict
+
+        from .utils.hooks import RemovableHandle
+        if self._rec < 0:
+            d = TAPE.leaf_hooks.setdefault(self._leaf_slot(), OrderedDict())
+            h = RemovableHandle(d)
+            d[h.id] = hook
+            return h
+        d = TAPE.hooks.setdefault(self._rec, OrderedDict())
+        h = RemovableHandle(d)
+        d[h.id] = ("tensor", hook, self._shape)
+        return h
 
     # ----- device / dtype ------------------------------------------------------
     def to(self, *args, **kwargs):

@@ -256,6 +256,9 @@ def _record_vjp(bufs, g, row, c, rec, grad, prods):
         res = _alias(bufs.find(out), out, (n,), (1,), dt, g)
         return eval_vjp(spec, grad, ops, res, c, needs)
     spec = rec.spec
+    tvjp = rec.attrs.get("tvjp")
+    if tvjp is not None:     # a custom Function: its backward, run on gradients with history
+        return [g_ if need else None for g_, need in zip(tvjp(grad), needs)]
     if rec.lin is not None:
         return [linear_vjp(rec, j, grad) if need and np.dtype(rec.ins[j][1]).kind == "f" else None
                 for j, need in enumerate(needs)]
@@ -294,7 +297,7 @@ def backward_graph(tensors, seeds, inputs):
         grad = G.pop(g, None)
         if grad is None:
             continue
-        for kind, fn, shape in TAPE.hooks.get(g, ()):
+        for kind, fn, shape in TAPE.hooks.get(g, {}).values():
             if kind in ("tensor", "pre"):
                 r = fn(grad.reshape(shape) if shape else grad) if kind == "tensor" else fn((grad,))
                 if kind == "pre" and r is not None:
@@ -305,7 +308,7 @@ def backward_graph(tensors, seeds, inputs):
             got[g] = grad
         prods = _producers(row, rec)
         grads = _record_vjp(bufs, g, row, c, rec, grad, prods)
-        for kind, fn, _shape in TAPE.hooks.get(g, ()):
+        for kind, fn, _shape in TAPE.hooks.get(g, {}).values():
             if kind == "post":
                 r = fn(tuple(grads), (grad,))
                 if r is not None:

@@ -372,6 +372,9 @@ def jacobian(func, inputs, create_graph=False, strict=False, vectorize=False, st
                                for (el_idx, jac_i_el) in enumerate(jac_i)),)
 
         jacobian = _grad_postprocess(jacobian, create_graph)
+        if strategy == "forward-mode":
+            # torch's forward-mode path builds (and returns) lists: [output][input]
+            jacobian = [list(row) for row in jacobian]
 
         return _tuple_postprocess(jacobian, (is_outputs_tuple, is_inputs_tuple))
 

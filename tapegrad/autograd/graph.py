@@ -18,7 +18,7 @@ _ACC = weakref.WeakValueDictionary()
 
 class Node:
     """A view of one tape record, named like PyTorch's backward node."""
-    __slots__ = ("_r", "_name", "__weakref__", "_keep")
+    __slots__ = ("_r", "_name", "__weakref__", "_keep", "_shape")
 
     def __init__(self, r, name):
         self._r = r
@@ -64,7 +64,26 @@ class Node:
         return self._r
 
     def register_hook(self, fn):
-        raise NotImplementedError("Node.register_hook is not implemented yet")
+        """fn(grad_inputs, grad_outputs) after this node's backward; may return new grad_inputs."""
+        return _add_hook(self._r, "post", fn, None)
+
+    def register_prehook(self, fn):
+        """fn(grad_outputs) before this node's backward; may return new grad_outputs."""
+        return _add_hook(self._r, "pre", fn, getattr(self, "_shape", None))
+
+    @property
+    def requires_grad(self):
+        return True
+
+    def __getattr__(self, name):
+        # torch's saved values (y.grad_fn._saved_self...), and a custom Function's ctx attributes
+        if name.startswith("_saved_") or name.startswith("_raw_saved_"):
+            return _saved(self, name.split("_saved_", 1)[1])
+        rec = TAPE.py.get(self._r) if self._r >= 0 else None
+        ctx = rec.attrs.get("ctx") if rec is not None else None
+        if ctx is not None:
+            return getattr(ctx, name)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
 
 class AccumulateGrad(Node):
@@ -83,6 +102,22 @@ class AccumulateGrad(Node):
     @property
     def variable(self):
         return self._var
+
+    def register_prehook(self, fn):
+        """fn(grad_outputs) before the leaf's gradient is accumulated; may return a replacement."""
+        def hook(g):
+            r = fn((g,))
+            return r[0] if r is not None else None
+        return self._var.register_hook(hook)
+
+    def register_hook(self, fn):
+        """fn(grad_inputs=(), grad_outputs=(grad,)) when the leaf's gradient arrives."""
+        def hook(g):
+            fn((), (g,))
+        return self._var.register_hook(hook)
+
+    def __getattr__(self, name):
+        raise AttributeError(f"'AccumulateGrad' object has no attribute '{name}'")
 
     @property
     def next_functions(self):
@@ -182,3 +217,76 @@ def node_for_record(r):
         n = _node_class(spec.grad_fn)(r, spec.grad_fn)
         _NODES[r] = n
     return n
+
+
+def _add_hook(r, kind, fn, shape):
+    from collections import OrderedDict
+
+    from ..utils.hooks import RemovableHandle
+    d = TAPE.hooks.setdefault(r, OrderedDict())
+    h = RemovableHandle(d)
+    d[h.id] = (kind, fn, shape)
+    return h
+
+
+_SCALAR_SAVED = {"pow_scalar": "exponent", "mul_scalar": "other", "div_scalar": "other"}
+_SAVED_ALIASES = {"mat2": "other", "vec": "other", "tensor": "other", "mat1": "self", "input": "self"}
+
+
+def _saved(node, what):
+    """A saved value of the node's record, as torch's ``grad_fn._saved_<what>`` gives it."""
+    r = node._r
+    TAPE.flush()
+    i = r - TAPE.base
+    row = _row(r)
+    if (row[0] >> 4) & 1:
+        from ..tape.tape import SECOND_TIME
+        raise RuntimeError(SECOND_TIME)
+    op = row[0] >> 5
+    what = _SAVED_ALIASES.get(what, what)
+    if op == PY:
+        rec = TAPE.py[r]
+        names = ("self", "other", "third")
+        if what == "result":
+            return _value(rec.ov, r, None)
+        if rec.ivs is None or what not in names[:len(rec.ivs)]:
+            raise AttributeError(f"'{node._name}' object has no attribute '_saved_{what}'")
+        k = names.index(what)
+        return _value(rec.ivs[k], _producers(r)[k], None)
+    spec = BY_OPCODE[op]
+    c = struct.unpack_from("<d", TAPE.buf, i * ROW + 64)[0]
+    if what == "self" and spec.name in ("mul_scalar", "div_scalar"):
+        return None       # torch: self is not saved when the other factor needs no gradient
+    if _SCALAR_SAVED.get(spec.name) == what:     # the Python number of x * 2, x ** 2
+        v = int(c) if c == int(c) else c
+        if what == "exponent":
+            return v
+        from ..tensor import tensor
+        return tensor(v)
+    if what not in spec.saves:
+        raise AttributeError(f"'{node._name}' object has no attribute '_saved_{what}'")
+    from ..storage import array_at
+    import numpy as np
+    code, n = row[0], row[1]
+    npdt = np.float64 if (code & 3) == 1 else np.float32
+    shape = getattr(node, "_shape", None) or (n,)
+    if what == "result":
+        return _value(array_at(row[2], n, npdt).reshape(shape), r, None)
+    k = 0 if what == "self" else 1
+    bc = (code >> 2) & 3
+    cnt = row[4] if spec.kind == "reduce" else (1 if bc & (1 << k) else n)
+    p = row[5 + k]
+    arr = array_at(row[3 + k], cnt, npdt)
+    return _value(arr.reshape(shape) if cnt == n else arr.reshape(() if cnt == 1 else (cnt,)), p, None)
+
+
+def _value(arr, p, _):
+    """The saved operand: the leaf itself when it is one, else a copy of its values."""
+    if p is not None and p <= -2:
+        owner = TAPE.leaf_owner[-p - 2]
+        t = owner() if owner is not None else None
+        if t is not None:
+            return t
+    from ..tensor import tensor
+    import numpy as np
+    return tensor(np.array(arr))

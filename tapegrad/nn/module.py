@@ -10,6 +10,8 @@ import collections
 import itertools
 import operator
 import weakref
+
+from ..utils.hooks import RemovableHandle  # noqa: F401  (torch.utils.hooks.RemovableHandle)
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -78,34 +80,6 @@ def _set_data(t, new):
 
 
 # ----- hooks ---------------------------------------------------------------------------
-
-class RemovableHandle:
-    """The handle that ``register_forward_hook`` returns: ``.remove()`` unregisters."""
-    next_id = 0
-
-    def __init__(self, hooks_dict, *, extra_dict=None):
-        self.hooks_dict_ref = weakref.ref(hooks_dict)
-        self.id = RemovableHandle.next_id
-        RemovableHandle.next_id += 1
-        if isinstance(extra_dict, dict):
-            extra_dict = [extra_dict]
-        self.extra_dict_ref = tuple(weakref.ref(d) for d in (extra_dict or ()))
-
-    def remove(self):
-        hooks_dict = self.hooks_dict_ref()
-        if hooks_dict is not None and self.id in hooks_dict:
-            del hooks_dict[self.id]
-        for ref in self.extra_dict_ref:
-            d = ref()
-            if d is not None and self.id in d:
-                del d[self.id]
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()
-
 
 class _IncompatibleKeys(collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
     __slots__ = ()

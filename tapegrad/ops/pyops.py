@@ -136,7 +136,7 @@ def unary_py(name, x, c=0.0):
 
         def bwd(g, o, xv):
             return (vb(xv, o, g, c),)
-    return record(name, out, [x], lambda xv: ref(xv, c), bwd)
+    return record(name, out, [x], lambda xv: ref(xv, c), bwd, attrs={"c": c})
 
 
 _NP_BINARY_B = {
@@ -205,7 +205,7 @@ def binary_py(name, x, y, c=1.0, scalar=False):
             gx = sum_to(np.broadcast_to(gx, shape), xs)
             gy = sum_to(np.broadcast_to(gy, shape), ys)
             return gx, gy
-    return record(name, out, [x, y], fwd, bwd)
+    return record(name, out, [x, y], fwd, bwd, attrs={"c": c})
 
 
 def to_dtype(x, dt, hidden=False):

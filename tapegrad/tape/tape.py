@@ -81,7 +81,7 @@ class PyRec:
 
 class _Pass:
     """The state of one backward pass (Note [backward passes])."""
-    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs", "private")
+    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs")
 
 
 def _tensor_of(arr):
@@ -125,7 +125,7 @@ class Tape:
         self.anomaly = {}          # global index -> forward stack of the record (anomaly mode)
         self.detect_anomaly = False   # anomaly mode with NaN checks: backward runs record by record
         self.anomaly_stacks = False   # anomaly mode: keep the forward stack of each record
-        self.hooks = {}            # global index -> [(kind, fn, shape)]: tensor hooks, node pre/post hooks
+        self.hooks = {}            # global index -> {handle id: (kind, fn, shape)}: tensor hooks, node pre/post hooks
         self.leaf_hooks = {}       # slot -> {handle id: fn}: hooks of leaf tensors
         self.busy = 0              # backward passes running (no sweep meanwhile)
         self._pass = None          # the innermost running pass
@@ -436,6 +436,7 @@ class Tape:
         self.leaf_state[s] = 0
 
     def free_leaf_slot(self, s):
+        self.leaf_hooks.pop(s, None)
         self.leaf_buf[s] = None
         self.leaf_owner[s] = None
         self.leaf_state[s] = 0
@@ -519,28 +520,24 @@ class Tape:
         P.gaddr = np.zeros(self.n, np.int64)
         idx = np.nonzero(need)[0]
         P.gaddr[idx] = P.saddr + need[idx] - 1
+        # private copies of the leaf tables (the state goes back in _finish_leaves): some slots may
+        # collect elsewhere or nowhere, and Python code run by the pass may add slots (the tables
+        # must not be exported while they grow)
         nslots = len(self.leaf_addr)
-        hooked = [s for s in self.leaf_hooks if s < nslots] if self.leaf_hooks else []
-        if leaves is None and not hooked:
-            P.la = np.frombuffer(self.leaf_addr, np.int64) if nslots else np.zeros(1, np.int64)
-            P.ls = np.frombuffer(self.leaf_state, np.int8) if nslots else np.zeros(1, np.int8)
-            P.bufs = {}
-            P.private = False
-        else:   # private copies of the leaf tables: some slots collect elsewhere, or nowhere
-            P.la = np.array(self.leaf_addr, np.int64) if nslots else np.zeros(1, np.int64)
-            P.ls = np.array(self.leaf_state, np.int8) if nslots else np.zeros(1, np.int8)
-            P.bufs = dict(leaves or {})
-            P.private = True
-            if only:
-                P.la[:nslots] = 0
-                P.ls[:nslots] = 1
-            for s in hooked:   # a leaf's hooks see its whole gradient of this pass (torch: once)
-                if s not in P.bufs and (not only):
+        P.la = np.frombuffer(self.leaf_addr, np.int64).copy() if nslots else np.zeros(1, np.int64)
+        P.ls = np.frombuffer(self.leaf_state, np.int8).copy() if nslots else np.zeros(1, np.int8)
+        P.bufs = dict(leaves or {})
+        if only:
+            P.la[:nslots] = 0
+            P.ls[:nslots] = 1
+        elif self.leaf_hooks:
+            for s in self.leaf_hooks:   # a leaf's hooks see its whole gradient of this pass (torch: once)
+                if s < nslots and s not in P.bufs:
                     P.bufs[s] = np.zeros(self.leaf_nbytes[s], np.uint8)
-            for s, buf in P.bufs.items():
-                P.la[s] = buf.ctypes.data
-                P.ls[s] = 0
-        P.ln = np.frombuffer(self.leaf_nbytes, np.int64) if nslots else np.zeros(1, np.int64)
+        for s, buf in P.bufs.items():
+            P.la[s] = buf.ctypes.data
+            P.ls[s] = 0
+        P.ln = np.frombuffer(self.leaf_nbytes, np.int64).copy() if nslots else np.zeros(1, np.int64)
         outer, self._pass = self._pass, P
         prev_scratch, self._scratch = self._scratch, P.scratch
         self.busy += 1
@@ -630,8 +627,6 @@ class Tape:
         """After the replay: leaf hooks see the gradient this pass collected aside for their leaf
         (and may replace it); what was collected aside only for a hook goes to the leaf's slot;
         the private copy of the state table goes back for the slots written in place."""
-        if not P.private:
-            return
         for s, buf in P.bufs.items():
             if not P.ls[s]:
                 continue        # no record reached the leaf
@@ -653,14 +648,13 @@ class Tape:
                 self.leaf_state[s] = 1
             else:
                 dst[...] += v
-        n = len(self.leaf_state)
-        if n:
-            real = np.frombuffer(self.leaf_state, np.int8)
+        n = min(len(self.leaf_state), len(P.la))
+        if n and len(self.leaf_state):
             inplace = P.la[:n] != 0
             for s in P.bufs:
                 inplace[s] = False
-            real[inplace] = P.ls[:n][inplace]
-            del real
+            for s in np.flatnonzero(inplace & (P.ls[:n] != np.frombuffer(self.leaf_state, np.int8)[:n])):
+                self.leaf_state[int(s)] = int(P.ls[s])
 
     def _grad_view(self, P, i, shape, npdt):
         """The gradient buffer of physical record i in pass P, a view into the scratch bytes
@@ -773,7 +767,7 @@ class Tape:
         if not P.gaddr[i]:
             return
         g = i + self.base
-        hooks = self.hooks.get(g, ())
+        hooks = list(self.hooks.get(g, {}).values())
         shape, npdt = self.out_of(i)
         name = _grad_fn_name(self, i)
         pre = [h for h in hooks if h[0] in ("tensor", "pre")]

@@ -1,0 +1,236 @@
+"""torch.autograd.Function: user-defined forward and backward.
+
+``MyFn.apply(*args)`` runs ``MyFn.forward(ctx, *args)`` under no_grad, then appends one
+escape record whose VJP calls ``MyFn.backward(ctx, *grad_outputs)``: the jitted replay
+returns to Python for that record only (DESIGN invariant 5). The record's grad_fn is
+named ``MyFnBackward`` and is the ``ctx`` (``y.grad_fn.saved_tensors`` works, as in torch).
+Several outputs share one record: each output is a hidden helper record that slices its
+gradient into the node's (so every output's grad_fn is the node).
+"""
+import numpy as np
+
+from .. import _dtype as D
+from ..ops.table import OpSpec
+from .grad_mode import _STATE as _GRAD, enable_grad, no_grad
+
+_SPECS = {}
+
+
+def _spec(cls):
+    s = _SPECS.get(cls)
+    if s is None:
+        s = _SPECS[cls] = OpSpec(cls.__name__, "function", cls.__name__ + "Backward", mnemonic=cls.__name__)
+    return s
+
+
+_OUT_SPEC = OpSpec("function_output", "py", "FunctionOutputBackward", mnemonic="output")
+
+
+def _T():
+    import sys
+    return sys.modules[__name__.rsplit(".", 2)[0] + ".tensor"]
+
+
+class FunctionCtx:
+    """What forward and backward share (torch: the node itself)."""
+
+    def save_for_backward(self, *tensors):
+        for t in tensors:
+            if t is not None and not isinstance(t, _T().Tensor):
+                raise TypeError("save_for_backward can only save variables, but argument 0 is of type "
+                                f"{type(t).__name__}")
+        self._saved = tensors
+
+    def save_for_forward(self, *tensors):
+        self._saved_fwd = tensors
+
+    @property
+    def saved_tensors(self):
+        if getattr(self, "_freed", False):
+            from ..tape.tape import SECOND_TIME
+            raise RuntimeError(SECOND_TIME)
+        return tuple(getattr(self, "_saved", ()))
+
+    def mark_non_differentiable(self, *tensors):
+        self._non_diff = {id(t) for t in tensors}
+
+    def mark_dirty(self, *tensors):
+        self._dirty = {id(t) for t in tensors}
+
+    def set_materialize_grads(self, value):
+        self.materialize_grads = bool(value)
+
+
+class Function:
+    """Base class of user-defined autograd functions (static forward/backward, then ``apply``)."""
+
+    def __init__(self, *args, **kwargs):
+        import warnings
+        warnings.warn(f"{self.__class__} should not be instantiated. Methods on autograd functions are all static, "
+                      f"so you should invoke them on the class itself. Instantiating an autograd function will "
+                      f"raise an error in a future version of PyTorch.", DeprecationWarning, stacklevel=2)
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError("You must implement the forward function for custom autograd.Function.")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        raise NotImplementedError("setup_context is not implemented.")
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        raise NotImplementedError("You must implement either the backward or vjp method for your custom "
+                                  "autograd.Function to use it with backward mode AD.")
+
+    vjp = backward
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        T = _T()
+        ctx = FunctionCtx()
+        ctx.materialize_grads = True
+        tensor_args = [a for a in args if isinstance(a, T.Tensor)]
+        ctx.needs_input_grad = tuple(isinstance(a, T.Tensor) and a._rg for a in args)
+        custom_setup = cls.setup_context is not Function.setup_context
+        with no_grad():
+            if custom_setup:
+                outputs = cls.forward(*args, **kwargs)
+            else:
+                outputs = cls.forward(ctx, *args, **kwargs)
+        if custom_setup:
+            cls.setup_context(ctx, args, outputs)
+        single = not isinstance(outputs, tuple)
+        outs = (outputs,) if single else outputs
+        if not (_GRAD[0] and any(t._rg for t in tensor_args)):
+            return outputs
+        non_diff = getattr(ctx, "_non_diff", set())
+        diff = [i for i, o in enumerate(outs)
+                if isinstance(o, T.Tensor) and id(o) not in non_diff and o._dtype.is_floating_point]
+        if not diff:
+            return outputs
+        outs = list(outs)
+        for i in diff:   # an output that is an input, or has a history, gets a fresh handle on its storage
+            o = outs[i]
+            if o._rec >= 0 or o._rg or any(o is a for a in tensor_args):
+                outs[i] = o.detach()
+        node_out = outs[diff[0]] if len(diff) == 1 else _node_buffer([outs[i] for i in diff])
+        _record_node(cls, ctx, args, tensor_args, node_out, [outs[i] for i in diff])
+        if len(diff) > 1:
+            off = 0
+            for i in diff:
+                _record_output(node_out, outs[i], off)
+                off += outs[i]._n
+        return outs[0] if single else tuple(outs)
+
+
+def _node_buffer(outs):
+    T = _T()
+    dt = outs[0]._dtype
+    for o in outs[1:]:
+        dt = D.promote(dt, o._dtype)
+    return T._empty((sum(o._n for o in outs),), dt)
+
+
+def _to_np(g, like_shape, like_dtype, name, i):
+    """A gradient cls.backward returned, as NumPy of the input's shape (torch sums a gradient of
+    an expanded shape back to it, and rejects any other shape)."""
+    T = _T()
+    if g is None:
+        return None
+    if not isinstance(g, T.Tensor):
+        raise TypeError(f"{name} returned a gradient of type {type(g).__name__} at index {i}: expected a Tensor "
+                        f"or None")
+    v = g._values()
+    like_shape = tuple(like_shape)
+    if v.shape != like_shape:
+        try:
+            ok = np.broadcast_shapes(like_shape, v.shape) == v.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise RuntimeError(f"Function {name} returned an invalid gradient at index {i} - got "
+                               f"{list(g.shape)} but expected shape compatible with {list(like_shape)}")
+        from ..ops.pyops import sum_to
+        v = sum_to(v, like_shape)
+    return np.array(v, like_dtype, copy=True)
+
+
+def _call_backward(cls, ctx, grads, create_graph):
+    """cls.backward(ctx, *grads) -> its gradients, one per forward argument, checked as torch does."""
+    name = cls.__name__ + "Backward"
+    mode = enable_grad() if create_graph else no_grad()
+    with mode:
+        res = cls.backward(ctx, *grads)
+    if not isinstance(res, tuple):
+        res = (res,)
+    n = len(ctx.needs_input_grad)
+    if len(res) != n:
+        if len(res) > n and all(r is None for r in res[n:]):
+            res = res[:n]
+        else:
+            raise RuntimeError(f"function {name} returned an incorrect number of gradients (expected {n}, got "
+                               f"{len(res)})")
+    return res
+
+
+def _record_node(cls, ctx, args, tensor_args, node_out, outs):
+    """The escape record whose VJP is cls.backward."""
+    from ..ops.pyops import record
+    T = _T()
+    arg_pos = [i for i, a in enumerate(args) if isinstance(a, T.Tensor)]
+    shapes = [o._shape for o in outs]
+    sizes = np.cumsum([0] + [o._n for o in outs])
+    name = cls.__name__ + "Backward"
+
+    def split(gv):
+        return [gv.reshape(-1)[sizes[k]:sizes[k + 1]].reshape(shapes[k]) for k in range(len(outs))] \
+            if len(outs) > 1 else [gv]
+
+    def bwd(g, o, *ivs):
+        grads = [T.tensor(np.array(x), dtype=out._dtype) for x, out in zip(split(g), outs)]
+        res = _call_backward(cls, ctx, grads, False)
+        return [_to_np(res[p], t._shape, t._dtype.np, name, p) for p, t in zip(arg_pos, tensor_args)]
+
+    def tvjp(grad):
+        """create_graph: cls.backward on gradients that carry history, its results as they are."""
+        gs = [grad] if len(outs) == 1 else [grad.reshape(-1)[int(sizes[k]):int(sizes[k + 1])].reshape(shapes[k])
+                                            for k in range(len(outs))]
+        res = _call_backward(cls, ctx, gs, True)
+        return [res[p] for p in arg_pos]
+
+    record(_spec(cls), node_out, tensor_args, lambda *ivs: None, bwd, attrs={"ctx": ctx, "tvjp": tvjp})
+    ctx._record = node_out._rec
+
+
+def _record_output(node, out, off):
+    """A hidden helper record: output `out` of a several-output Function, the slice of the node's
+    gradient at `off`."""
+    from ..ops.pyops import record
+    n, shape = out._n, out._shape
+
+    def bwd(g, o, nv):
+        gn = np.zeros(nv.shape, nv.dtype)
+        gn[off:off + n] = g.reshape(-1)
+        return (gn,)
+
+    def lin(ts, o, ivs):
+        return ts[0][off:off + n].reshape(shape)
+    record(_OUT_SPEC, out, [node], lambda nv: None, bwd, saves=False, attrs={"hidden": True}, lin=lin)
+
+
+class _SingleLevelFunction(Function):
+    pass
+
+
+class InplaceFunction(Function):
+    def __init__(self, inplace=False):
+        self.inplace = inplace
+
+
+class NestedIOFunction(Function):
+    pass
+
+
+def once_differentiable(fn):
+    return fn

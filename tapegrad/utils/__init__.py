@@ -1,0 +1,1 @@
+"""tapegrad.utils: hooks (RemovableHandle) and checkpoint, as in torch.utils."""
