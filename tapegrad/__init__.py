@@ -18,6 +18,7 @@ from .tensor import (Size, Tensor, arange, as_tensor, device, empty, empty_like,
                      full_like, linspace, ones, ones_like, tensor, zeros, zeros_like)
 from .functions import *  # noqa: F401,F403
 from . import autograd  # noqa: E402
+from .autograd.anomaly_mode import is_anomaly_check_nan_enabled, is_anomaly_enabled  # noqa: E402,F401
 from .functions import __all__ as _fn_all
 
 __version__ = "0.1.0"

@@ -23,7 +23,8 @@ def is_anomaly_check_nan_enabled():
 
 
 def _set(mode, check_nan):
-    from .. import tensor as _t
+    import sys
+    _t = sys.modules[__name__.rsplit(".", 2)[0] + ".tensor"]   # (tapegrad.tensor the function shadows it)
     _STATE["enabled"], _STATE["check_nan"] = bool(mode), bool(check_nan)
     TAPE.anomaly_stacks = bool(mode)
     TAPE.detect_anomaly = bool(mode) and bool(check_nan)
