@@ -73,5 +73,6 @@ def tape(t=None, names=None):
     return TapeView(t, names)
 
 
+from .capture import capture  # noqa: E402,F401
 from . import nn  # noqa: E402,F401  (last: nn imports the namespace above)
 from . import optim  # noqa: E402,F401

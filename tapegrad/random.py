@@ -20,5 +20,9 @@ def initial_seed():
     return 0
 
 
+DRAWS = [0]   # how many times a generator was handed out (tapegrad.capture: a step that draws can't replay)
+
+
 def generator():
+    DRAWS[0] += 1
     return _GEN[0]

@@ -363,10 +363,16 @@ class Tensor:
     def item(self):
         if self._n != 1:
             raise RuntimeError(f"a Tensor with {self._n} elements cannot be converted to Scalar")
-        return self._values().reshape(-1)[0].item()
+        v = self._values().reshape(-1)[0].item()
+        if TAPE.capture is not None:
+            TAPE.capture.read(self, v)
+        return v
 
     def tolist(self):
-        return self._values().tolist()
+        v = self._values().tolist()
+        if TAPE.capture is not None:
+            TAPE.capture.read(self, v)
+        return v
 
     def __float__(self):
         if self._n != 1:

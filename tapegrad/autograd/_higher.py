@@ -276,6 +276,8 @@ def backward_graph(tensors, seeds, inputs):
     """Gradients of `tensors` (seeded) as recorded tensors: for each of `inputs` (None where it
     was not reached), or, with inputs None, [(leaf, gradient)] for every leaf reached."""
     T = _tensor_mod()
+    if TAPE.capture is not None:
+        TAPE.capture.no("it uses create_graph=True")
     roots = [t._rec for t in tensors if t._rec >= 0]
     G, L = {}, {}         # record -> gradient of its output; leaf slot -> gradient of the leaf
     got = {}

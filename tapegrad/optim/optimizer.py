@@ -291,6 +291,8 @@ class Optimizer:
 
     def zero_grad(self, set_to_none=True):
         """Reset the gradients: ``.grad = None`` (default), or zero them in place."""
+        if TAPE.capture is not None:
+            TAPE.capture.add("call", lambda: self.zero_grad(set_to_none))
         ls = TAPE.leaf_state
         if set_to_none:
             for group in self.param_groups:
@@ -543,6 +545,8 @@ class Optimizer:
         return init, bufs
 
     def _update(self):
+        if TAPE.capture is not None:
+            TAPE.capture.add("update", self._update)
         c = self._rows()
         if TAPE.flushed < TAPE.next_index:
             # records still to run read the old parameter values, or write a gradient or a converted state

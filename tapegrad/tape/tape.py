@@ -128,6 +128,8 @@ class Tape:
         self.hooks = {}            # global index -> {handle id: (kind, fn, shape)}: tensor hooks, node pre/post hooks
         self.leaf_hooks = {}       # slot -> {handle id: fn}: hooks of leaf tensors
         self.busy = 0              # backward passes running (no sweep meanwhile)
+        self.hold_rows = 0         # a step is being captured (no sweep: its rows are copied at the end)
+        self.capture = None        # tapegrad.capture's log while a step is captured
         self._pass = None          # the innermost running pass
         self._scratch = None       # its gradient scratch (TAPEGRAD_DEBUG checks addresses in it)
         # leaf gradient slots
@@ -263,8 +265,8 @@ class Tape:
     def sweep(self):
         """Drop the longest prefix of records that are dead and already ran
         (one jitted pass), so that the tape returns to its floor."""
-        if self.busy:
-            return 0   # a backward pass is running: physical indices must not move
+        if self.busy or self.hold_rows:
+            return 0   # a backward pass is running, or a step is captured: physical indices must not move
         if self.flushed < self.next_index:
             self.flush()   # records that have not run cannot be dropped: run them (DESIGN: flush at a bound)
         if self.n == 0:
@@ -471,6 +473,13 @@ class Tape:
         leaves: {slot: zeroed uint8 buffer} collects those leaves' gradients there instead of
         in their slots; only: no other leaf slot is written (autograd.grad); capture: global
         records whose gradient to return, {record: NumPy copy or None}."""
+        if self.capture is not None and not self.busy:
+            if leaves or only or capture:
+                self.capture.no("it calls autograd.grad or backward(inputs=...)")
+            elif self.hooks or self.leaf_hooks:
+                self.capture.no("it uses backward hooks")
+            else:
+                self.capture.add("backward", (list(roots), list(seeds)))
         try:
             return self._backward(roots, seeds, retain_graph, leaves, only, capture)
         except BaseException as e:
