@@ -115,7 +115,9 @@ class _Program:
         self.first = first
         if any(o._addr not in outs for o in outputs):
             log.no("it returns a tensor the step did not compute")
-        self.events = [e for e in log.events if e[0] != "read"]
+        t.inputs_cache = {}
+        self.events = [(k, at, (p[0], p[1], t.plan_backward(p[0])) if k == "backward" else p)
+                       for k, at, p in log.events if k != "read"]
         if _outside_producers(t, r0):
             log.no("its backward reaches records made before the step")
 
@@ -138,15 +140,15 @@ class _Program:
                     return None
                 checked = True
             if kind == "backward":
-                roots, seeds = payload
-                t.backward_many(roots, seeds, True)
+                roots, seeds, plan = payload
+                t.run_plan(plan, roots, seeds)
             else:                       # "update", "call": the optimizer's jitted update, zero_grad
                 payload()
         if at < self.r1:
             self._forward(at, self.r1)
         if not checked and not self._reads_hold():
             return None
-        return [o._view_np().copy() for o in self.outputs]
+        return [o._view_np() for o in self.outputs]
 
     def _forward(self, lo, hi):
         if hi <= lo:
@@ -233,7 +235,7 @@ class CapturedStep:
             self.stats["eager"] += 1
             return self.fn(*args, **kwargs)
         self.stats["replayed"] += 1
-        outs = [tensor(v, dtype=o._dtype) for v, o in zip(vals, prog.outputs)]
+        outs = [_fresh(v, o._dtype) for v, o in zip(vals, prog.outputs)]
         return _rebuild(prog.result, iter(outs))
 
     def _capture(self, key, args, kwargs):
@@ -285,6 +287,14 @@ class CapturedStep:
         self._say(f"cannot be captured: {log.refuse}")
         self.programs[("refused",) + key] = True
         return result
+
+
+def _fresh(values, dt):
+    """A new tensor holding a copy of `values`."""
+    from .tensor import _empty
+    t = _empty(values.shape, dt)
+    t._view_np()[...] = values
+    return t
 
 
 def capture(fn=None, *, verbose=True):

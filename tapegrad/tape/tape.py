@@ -130,6 +130,7 @@ class Tape:
         self.busy = 0              # backward passes running (no sweep meanwhile)
         self.hold_rows = 0         # a step is being captured (no sweep: its rows are copied at the end)
         self.capture = None        # tapegrad.capture's log while a step is captured
+        self.inputs_cache = None   # a captured step's private tape: physical index -> inputs_of
         self._pass = None          # the innermost running pass
         self._scratch = None       # its gradient scratch (TAPEGRAD_DEBUG checks addresses in it)
         # leaf gradient slots
@@ -604,6 +605,37 @@ class Tape:
             self._pass = outer
             self._scratch = prev_scratch
 
+    # ----- a fixed backward, replayed (tapegrad.capture) -----------------------------------
+    def plan_backward(self, roots):
+        """What a backward from `roots` needs that does not change between replays of the same
+        rows: the marked records and their gradient addresses in a scratch buffer of its own."""
+        need, total = self.mark_roots(roots)
+        P = _Pass()
+        P.scratch = np.zeros(int(total) + 64, np.uint8)
+        P.saddr = P.scratch.ctypes.data
+        P.gaddr = np.zeros(self.n, np.int64)
+        idx = np.nonzero(need)[0]
+        P.gaddr[idx] = P.saddr + need[idx] - 1
+        P.bufs = {}
+        return P
+
+    def run_plan(self, P, roots, seeds):
+        """Replay a planned backward: accumulate into the leaves' slots (no hooks, no retained grads,
+        nothing freed)."""
+        P.scratch.fill(0)
+        n = len(self.leaf_addr)
+        P.la = np.frombuffer(self.leaf_addr, np.int64) if n else np.zeros(1, np.int64)
+        P.ls = np.frombuffer(self.leaf_state, np.int8) if n else np.zeros(1, np.int8)
+        P.ln = np.frombuffer(self.leaf_nbytes, np.int64) if n else np.zeros(1, np.int64)
+        self.busy += 1
+        try:
+            for r, seed in zip(roots, seeds):
+                self._grad_view(P, r - self.base, seed.shape, seed.dtype)[...] += np.asarray(seed)
+            self._replay(P, max(roots) - self.base, 0)
+        finally:
+            self.busy -= 1
+            P.la = P.ls = P.ln = None
+
     def _stops(self, marked):
         """Physical indices (descending) of the marked records Python must see one by one:
         those with hooks, or all of them in anomaly mode."""
@@ -679,6 +711,15 @@ class Tape:
     def inputs_of(self, i):
         """[(producer code, shape, NumPy dtype)] of physical record i's inputs; the shapes of a
         jitted record's operands are flat (the tape keeps element counts only)."""
+        c = self.inputs_cache
+        if c is not None:
+            r = c.get(i)
+            if r is None:
+                r = c[i] = self._inputs_of(i)
+            return r
+        return self._inputs_of(i)
+
+    def _inputs_of(self, i):
         code, n, out, a, b, pa, pb = struct.unpack_from("<7q", self.buf, i * ROW)
         op = code >> 5
         if op == PY:
