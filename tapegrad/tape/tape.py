@@ -807,7 +807,14 @@ class Tape:
     def _leaf_dst(self, P, s, shape, npdt):
         buf = P.bufs.get(s)
         if buf is None:
-            return self.leaf_view(s, shape, npdt)
+            c = self.inputs_cache
+            if c is None:
+                return self.leaf_view(s, shape, npdt)
+            addr = self.leaf_addr[s]                        # a captured step's tape keeps the views
+            e = c.get(("leaf", s))
+            if e is None or e[0] != addr or e[1] != shape:
+                e = c[("leaf", s)] = (addr, shape, self.leaf_view(s, shape, npdt))
+            return e[2]
         npdt = np.dtype(npdt)
         return buf[:int(np.prod(shape, dtype=np.int64)) * npdt.itemsize].view(npdt).reshape(shape)
 
