@@ -217,18 +217,16 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
 
 
 def __getattr__(name):
-    # torch.autograd.graph / .functional are importable as attributes (imported lazily)
-    if name in ("graph", "functional", "forward_ad"):
+    # torch.autograd.graph is importable as an attribute (tapegrad imports the facade lazily)
+    if name == "graph":
         import importlib
-        return importlib.import_module(__name__ + "." + name)
-    if name in ("gradcheck", "gradgradcheck"):
-        from . import gradcheck as _gc
-        return getattr(_gc, name)
-    if name == "Function":
-        from .function import Function
-        return Function
+        return importlib.import_module(__name__ + ".graph")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+from . import functional  # noqa: E402,F401
+from .function import Function, FunctionCtx, once_differentiable  # noqa: E402,F401
+from .gradcheck import GradcheckError, gradcheck, gradgradcheck  # noqa: E402,F401
+
 __all__ = ["backward", "grad", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "Function",
-           "detect_anomaly", "set_detect_anomaly", "gradcheck", "gradgradcheck"]
+           "detect_anomaly", "set_detect_anomaly", "gradcheck", "gradgradcheck", "GradcheckError", "functional"]

@@ -368,7 +368,7 @@ def jacobian(func, inputs, create_graph=False, strict=False, vectorize=False, st
                             raise RuntimeError(msg)
                         jac_i_el.append(_tg.zeros_like(inp_el))
 
-            jacobian += (tuple(_stack_rows(jac_i_el, out.size() + inputs[el_idx].size(), inputs[el_idx])
+            jacobian += (tuple(_stack_rows(jac_i_el, out.size() + inputs[el_idx].size())
                                for (el_idx, jac_i_el) in enumerate(jac_i)),)
 
         jacobian = _grad_postprocess(jacobian, create_graph)
@@ -379,9 +379,9 @@ def jacobian(func, inputs, create_graph=False, strict=False, vectorize=False, st
         return _tuple_postprocess(jacobian, (is_outputs_tuple, is_inputs_tuple))
 
 
-def _stack_rows(rows, shape, inp):
-    # torch.stack(rows, dim=0).view(shape); stack needs at least one tensor, and an output with no
-    # elements gives no rows (torch raises "stack expects a non-empty TensorList" there too)
+def _stack_rows(rows, shape):
+    # torch.stack(rows, dim=0).view(out.size() + input.size()); an output with no elements gives no
+    # rows, and stack raises "stack expects a non-empty TensorList" (as torch's does)
     return _tg.stack(rows, dim=0).view(shape)
 
 

@@ -81,7 +81,7 @@ class PyRec:
 
 class _Pass:
     """The state of one backward pass (Note [backward passes])."""
-    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs")
+    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs", "off", "dummy")
 
 
 def _tensor_of(arr):
@@ -537,8 +537,13 @@ class Tape:
         P.la = np.frombuffer(self.leaf_addr, np.int64).copy() if nslots else np.zeros(1, np.int64)
         P.ls = np.frombuffer(self.leaf_state, np.int8).copy() if nslots else np.zeros(1, np.int8)
         P.bufs = dict(leaves or {})
-        if only:
-            P.la[:nslots] = 0
+        P.off = None
+        if only and nslots:
+            # NOTE: the other leaves' gradients go to a dummy buffer, not to address 0: a jitted unary
+            # rule writes its input's gradient unconditionally (its input always needs one)
+            P.off = np.ones(nslots, np.bool_)
+            P.dummy = np.zeros(max(self.leaf_nbytes) + 64, np.uint8)
+            P.la[:nslots] = P.dummy.ctypes.data
             P.ls[:nslots] = 1
         elif self.leaf_hooks:
             for s in self.leaf_hooks:   # a leaf's hooks see its whole gradient of this pass (torch: once)
@@ -547,6 +552,8 @@ class Tape:
         for s, buf in P.bufs.items():
             P.la[s] = buf.ctypes.data
             P.ls[s] = 0
+            if P.off is not None:
+                P.off[s] = False
         P.ln = np.frombuffer(self.leaf_nbytes, np.int64).copy() if nslots else np.zeros(1, np.int64)
         outer, self._pass = self._pass, P
         prev_scratch, self._scratch = self._scratch, P.scratch
@@ -617,6 +624,7 @@ class Tape:
         idx = np.nonzero(need)[0]
         P.gaddr[idx] = P.saddr + need[idx] - 1
         P.bufs = {}
+        P.off = None
         return P
 
     def run_plan(self, P, roots, seeds):
@@ -692,6 +700,8 @@ class Tape:
         n = min(len(self.leaf_state), len(P.la))
         if n and len(self.leaf_state):
             inplace = P.la[:n] != 0
+            if P.off is not None:
+                inplace[:len(P.off)] &= ~P.off[:n]
             for s in P.bufs:
                 inplace[s] = False
             for s in np.flatnonzero(inplace & (P.ls[:n] != np.frombuffer(self.leaf_state, np.int8)[:n])):
@@ -795,7 +805,7 @@ class Tape:
                 dst[...] += np.reshape(gj, pshape) if np.size(gj) == dst.size else gj
             else:
                 s = -p - 2
-                if not P.la[s]:
+                if not P.la[s] or (P.off is not None and s < len(P.off) and P.off[s]):
                     continue
                 dst = self._leaf_dst(P, s, shape, npdt)
                 if P.ls[s] == 0:
