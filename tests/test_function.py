@@ -319,8 +319,6 @@ def test_ctx_attributes_visible_on_grad_fn():
     assert out[tg] == out[torch]
 
 
-@pytest.mark.xfail(strict=True, reason="repr of a custom Function's node: torch prints "
-                   "<torch.autograd.function.SquareBackward object at 0x..>, tapegrad <SquareBackward object at ..>")
 def test_custom_node_repr():
     reprs = {}
     for m in MODS:
@@ -450,8 +448,6 @@ def test_expandable_gradient_is_summed_to_the_input_shape():
     same(res[tg], res[torch])
 
 
-@pytest.mark.xfail(strict=True, reason="backward returning a float: torch raises RuntimeError 'expected Variable or "
-                   "None (got float)', tapegrad a TypeError with another text")
 def test_backward_returns_non_tensor():
     res = {}
     for m in MODS:
@@ -461,9 +457,6 @@ def test_backward_returns_non_tensor():
     assert res[tg] == res[torch]
 
 
-@pytest.mark.xfail(strict=True, reason="a non-None gradient for a non-tensor forward argument: torch raises "
-                   "'function GradForNumberBackward returned a gradient different than None at position 2, but the "
-                   "corresponding forward input was not a Variable'; tapegrad ignores it")
 def test_gradient_for_number_argument_is_an_error():
     res = {}
     for m in MODS:
@@ -483,8 +476,6 @@ def test_mark_non_differentiable_forward_side():
     assert res[tg] == res[torch]
 
 
-@pytest.mark.xfail(strict=True, reason="mark_non_differentiable: torch passes backward a (zero) gradient for the "
-                   "non-differentiable output too; tapegrad leaves it out (TypeError: missing argument 'gc')")
 def test_mark_non_differentiable_backward_gets_zero_grad():
     res = {}
     for m in MODS:
@@ -518,8 +509,6 @@ def test_set_materialize_grads_false():
     assert res[tg] == res[torch]
 
 
-@pytest.mark.xfail(strict=True, reason="a forward returning (tensor, 5): torch calls backward(ctx, g, None), "
-                   "tapegrad backward(ctx, g) (TypeError: missing argument)")
 def test_non_tensor_output_gets_none_gradient():
     res = {}
     for m in MODS:
@@ -531,8 +520,6 @@ def test_non_tensor_output_gets_none_gradient():
     assert res[tg] == res[torch]
 
 
-@pytest.mark.xfail(strict=True, reason="save_for_backward(a, 3): torch says 'argument 1 is of type int', "
-                   "tapegrad 'argument 0'")
 def test_save_for_backward_non_tensor_error():
     res = {}
     for m in MODS:
@@ -542,8 +529,6 @@ def test_save_for_backward_non_tensor_error():
     assert res[tg] == res[torch]
 
 
-@pytest.mark.xfail(strict=True, reason="ctx.saved_tensors after backward freed the graph: torch raises the "
-                   "'Trying to backward through the graph a second time' RuntimeError, tapegrad returns the tensors")
 def test_saved_tensors_after_backward():
     res = {}
     for m in MODS:
@@ -727,8 +712,6 @@ def test_instantiation_warns():
     assert msgs[torch] and msgs[torch][0][0] == "DeprecationWarning"
 
 
-@pytest.mark.xfail(strict=True, reason="once_differentiable: torch's create_graph gradient does not require grad "
-                   "(backward runs under no_grad) and a second grad raises; tapegrad's decorator is the identity")
 def test_once_differentiable():
     res = {}
     for m in MODS:

@@ -132,16 +132,39 @@ def _names(spec):
     return ("self",)
 
 
+def _log(c):
+    """log of a Python number as the tensor ops have it (-inf at 0, nan below)."""
+    return math.log(c) if c > 0 else (-math.inf if c == 0 else math.nan)
+
+
+# rows whose VJP reads an operand only through a mask: torch's backward op still takes it as an input
+_MASKED = {"relu", "abs", "clamp_min", "clamp_max", "maximum", "minimum"}
+
+
 def eval_vjp(spec, grad, operands, result, c, needs):
     """The row's formulas for the inputs in `needs`, as tensors (None elsewhere)."""
     from .. import functions as F
+    T = _tensor_mod()
     names = _names(spec)
-    env = {"grad": grad, "result": result, "c": c, "alpha": c, "where": F.where, "math": math}
+    env = {"grad": grad, "result": result, "c": c, "alpha": c, "where": F.where, "math": math, "log": _log}
     for n, t in zip(names, operands):
-        env[n] = t
+        # an integer operand (no gradient of its own) enters the formula in the result's dtype
+        env[n] = t if t._dtype.is_floating_point or not result._dtype.is_floating_point else t.to(result._dtype)
     code = formulas(spec)
-    return [sum_to(eval(code[n], env), t._shape) if need else None   # noqa: S307 (the op table's own text)
-            for n, t, need in zip(names, operands, needs)]
+    out = []
+    for n, t, need in zip(names, operands, needs):
+        if not need:
+            out.append(None)
+            continue
+        g = eval(code[n], env)     # noqa: S307 (the op table's own text)
+        if not g._rg and spec.name in _MASKED and (result._rg or any(o._rg for o in operands)):
+            # NOTE: a VJP that does not depend on the operands (relu, abs, clamp...) still has them as
+            # inputs in torch: its gradient requires grad, and differentiates to zeros
+            # (a where() that never picks it: exactly 0, even where the operand is nan or inf)
+            dep = result if result._rg else next(o for o in operands if o._rg)
+            g = g + F.where(T.zeros(dep._shape, dtype=D.bool_), dep, 0.0).sum()
+        out.append(sum_to(g, t._shape))
+    return out
 
 
 def _mm(rec, g, ops, res, needs):
@@ -288,6 +311,8 @@ def backward_graph(tensors, seeds, inputs):
         rows = _snapshot(need)
         TAPE.flush()
     shapes = {g: _out_shape(g, row, rec) for g, row, c, rec in rows}
+    dtypes = {g: (D.from_numpy_dtype(rec.out[1]) if rec is not None else _FLOAT[row[0] & 3])
+              for g, row, c, rec in rows}
     for t, seed in zip(tensors, seeds):
         s = seed.t if hasattr(seed, "t") else T.tensor(np.asarray(seed), dtype=t._dtype)
         if t._rec >= 0:
@@ -319,10 +344,14 @@ def backward_graph(tensors, seeds, inputs):
             if gj is None or p == -1:
                 continue
             if p >= 0:
+                if gj._dtype is not dtypes[p]:
+                    gj = gj.to(dtypes[p])       # a gradient has its input's dtype
                 _add(G, p, gj if gj._shape == shapes[p] else gj.reshape(shapes[p]))
             else:
                 leaf = _leaf(p)
                 if leaf is not None:
+                    if gj._dtype is not leaf._dtype:
+                        gj = gj.to(leaf._dtype)
                     _add(L, -p - 2, gj if gj._shape == leaf._shape else gj.reshape(leaf._shape))
     for s, gl in list(L.items()):
         for fn in list(TAPE.leaf_hooks.get(s, {}).values()):

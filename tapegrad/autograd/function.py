@@ -35,9 +35,9 @@ class FunctionCtx:
     """What forward and backward share (torch: the node itself)."""
 
     def save_for_backward(self, *tensors):
-        for t in tensors:
+        for i, t in enumerate(tensors):
             if t is not None and not isinstance(t, _T().Tensor):
-                raise TypeError("save_for_backward can only save variables, but argument 0 is of type "
+                raise TypeError(f"save_for_backward can only save variables, but argument {i} is of type "
                                 f"{type(t).__name__}")
         self._saved = tensors
 
@@ -46,9 +46,12 @@ class FunctionCtx:
 
     @property
     def saved_tensors(self):
-        if getattr(self, "_freed", False):
-            from ..tape.tape import SECOND_TIME
-            raise RuntimeError(SECOND_TIME)
+        r = getattr(self, "_record", -1)
+        if r is not None and r >= 0:
+            from ..tape.tape import ROW, SECOND_TIME, TAPE
+            i = r - TAPE.base
+            if 0 <= i < TAPE.n and (TAPE.buf[i * ROW] >> 4) & 1:
+                raise RuntimeError(SECOND_TIME)   # a backward without retain_graph freed them
         return tuple(getattr(self, "_saved", ()))
 
     def mark_non_differentiable(self, *tensors):
@@ -92,6 +95,7 @@ class Function:
         ctx.materialize_grads = True
         tensor_args = [a for a in args if isinstance(a, T.Tensor)]
         ctx.needs_input_grad = tuple(isinstance(a, T.Tensor) and a._rg for a in args)
+        ctx._is_tensor = tuple(isinstance(a, T.Tensor) for a in args)
         custom_setup = cls.setup_context is not Function.setup_context
         with no_grad():
             if custom_setup:
@@ -115,7 +119,7 @@ class Function:
             if o._rec >= 0 or o._rg or any(o is a for a in tensor_args):
                 outs[i] = o.detach()
         node_out = outs[diff[0]] if len(diff) == 1 else _node_buffer([outs[i] for i in diff])
-        _record_node(cls, ctx, args, tensor_args, node_out, [outs[i] for i in diff])
+        _record_node(cls, ctx, args, tensor_args, node_out, [outs[i] for i in diff], outs, diff)
         if len(diff) > 1:
             off = 0
             for i in diff:
@@ -139,8 +143,7 @@ def _to_np(g, like_shape, like_dtype, name, i):
     if g is None:
         return None
     if not isinstance(g, T.Tensor):
-        raise TypeError(f"{name} returned a gradient of type {type(g).__name__} at index {i}: expected a Tensor "
-                        f"or None")
+        raise RuntimeError(f"expected Variable or None (got {type(g).__name__})")
     v = g._values()
     like_shape = tuple(like_shape)
     if v.shape != like_shape:
@@ -171,10 +174,33 @@ def _call_backward(cls, ctx, grads, create_graph):
         else:
             raise RuntimeError(f"function {name} returned an incorrect number of gradients (expected {n}, got "
                                f"{len(res)})")
+    T = _T()
+    for i, (r, is_t) in enumerate(zip(res, ctx._is_tensor)):
+        if r is not None and not is_t:
+            raise RuntimeError(f"function {name} returned a gradient different than None at position {i + 1}, but "
+                               f"the corresponding forward input was not a Variable")
+        if r is not None and not isinstance(r, T.Tensor):
+            raise RuntimeError(f"expected Variable or None (got {type(r).__name__})")
     return res
 
 
-def _record_node(cls, ctx, args, tensor_args, node_out, outs):
+def _all_grads(grads, all_outs, diff, materialize):
+    """One gradient per forward output, as torch passes them: the differentiable outputs' own,
+    zeros for the other tensor outputs (None without materialize_grads), None for the rest."""
+    T = _T()
+    full = []
+    it = iter(grads)
+    for i, o in enumerate(all_outs):
+        if i in diff:
+            full.append(next(it))
+        elif isinstance(o, T.Tensor) and materialize:
+            full.append(T.zeros(o._shape, dtype=o._dtype))
+        else:
+            full.append(None)
+    return full
+
+
+def _record_node(cls, ctx, args, tensor_args, node_out, outs, all_outs, diff):
     """The escape record whose VJP is cls.backward."""
     from ..ops.pyops import record
     T = _T()
@@ -189,14 +215,14 @@ def _record_node(cls, ctx, args, tensor_args, node_out, outs):
 
     def bwd(g, o, *ivs):
         grads = [T.tensor(np.array(x), dtype=out._dtype) for x, out in zip(split(g), outs)]
-        res = _call_backward(cls, ctx, grads, False)
+        res = _call_backward(cls, ctx, _all_grads(grads, all_outs, diff, ctx.materialize_grads), False)
         return [_to_np(res[p], t._shape, t._dtype.np, name, p) for p, t in zip(arg_pos, tensor_args)]
 
     def tvjp(grad):
         """create_graph: cls.backward on gradients that carry history, its results as they are."""
         gs = [grad] if len(outs) == 1 else [grad.reshape(-1)[int(sizes[k]):int(sizes[k + 1])].reshape(shapes[k])
                                             for k in range(len(outs))]
-        res = _call_backward(cls, ctx, gs, True)
+        res = _call_backward(cls, ctx, _all_grads(gs, all_outs, diff, ctx.materialize_grads), True)
         return [res[p] for p in arg_pos]
 
     record(_spec(cls), node_out, tensor_args, lambda *ivs: None, bwd, attrs={"ctx": ctx, "tvjp": tvjp})
@@ -233,4 +259,11 @@ class NestedIOFunction(Function):
 
 
 def once_differentiable(fn):
-    return fn
+    """The backward runs without recording (its gradients cannot be differentiated again)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(ctx, *args):
+        with no_grad():
+            return fn(ctx, *args)
+    return wrapper

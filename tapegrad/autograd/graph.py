@@ -42,7 +42,9 @@ class Node:
         return self._name
 
     def __repr__(self):
-        return f"<{self._name} object at {hex(id(self))}>"
+        rec = TAPE.py.get(self._r) if self._r >= 0 else None
+        where = "torch.autograd.function." if rec is not None and rec.spec.kind == "function" else ""
+        return f"<{where}{self._name} object at {hex(id(self))}>"
 
     @property
     def metadata(self):
@@ -65,7 +67,7 @@ class Node:
 
     def register_hook(self, fn):
         """fn(grad_inputs, grad_outputs) after this node's backward; may return new grad_inputs."""
-        return _add_hook(self._r, "post", fn, None)
+        return _add_hook(self._r, "post", fn, getattr(self, "_shape", None))
 
     def register_prehook(self, fn):
         """fn(grad_outputs) before this node's backward; may return new grad_outputs."""
@@ -220,6 +222,7 @@ def node_for_record(r):
 
 
 def _add_hook(r, kind, fn, shape):
+    """A node hook on record r: kind "pre" (fn(grad_outputs)) or "post" (fn(grad_inputs, grad_outputs))."""
     from collections import OrderedDict
 
     from ..utils.hooks import RemovableHandle
@@ -229,64 +232,125 @@ def _add_hook(r, kind, fn, shape):
     return h
 
 
-_SCALAR_SAVED = {"pow_scalar": "exponent", "mul_scalar": "other", "div_scalar": "other"}
-_SAVED_ALIASES = {"mat2": "other", "vec": "other", "tensor": "other", "mat1": "self", "input": "self"}
+# torch's saved-value names of escape records (attributes other rows do not have)
+_PY_SAVED = {"matmul": ("self", "mat2"), "bmm": ("self", "mat2"), "mv": ("self", "vec"), "dot": ("self", "tensor"),
+             "addmm": ("mat1", "mat2")}
+_PY_SAVED_INPUT = {"addmm": {"mat1": 1, "mat2": 2}}
 
 
 def _saved(node, what):
-    """A saved value of the node's record, as torch's ``grad_fn._saved_<what>`` gives it."""
+    """A saved value of the node's record, as torch's ``grad_fn._saved_<what>`` gives it: the
+    tensor itself (a leaf) or a tensor over the saved storage that carries its history; a
+    Python number for a saved scalar."""
     r = node._r
     TAPE.flush()
     i = r - TAPE.base
     row = _row(r)
-    if (row[0] >> 4) & 1:
-        from ..tape.tape import SECOND_TIME
-        raise RuntimeError(SECOND_TIME)
+    freed = (row[0] >> 4) & 1
     op = row[0] >> 5
-    what = _SAVED_ALIASES.get(what, what)
+
+    def no():
+        return AttributeError(f"'{node._name}' object has no attribute '_saved_{what}'")
+
+    def second():
+        from ..tape.tape import SECOND_TIME
+        return RuntimeError(SECOND_TIME)
     if op == PY:
         rec = TAPE.py[r]
-        names = ("self", "other", "third")
-        if what == "result":
-            return _value(rec.ov, r, None)
-        if rec.ivs is None or what not in names[:len(rec.ivs)]:
-            raise AttributeError(f"'{node._name}' object has no attribute '_saved_{what}'")
-        k = names.index(what)
-        return _value(rec.ivs[k], _producers(r)[k], None)
+        name = rec.spec.name
+        names = _PY_SAVED.get(name, ("self", "other"))
+        if what == "result" and name not in _PY_SAVED:
+            if freed:
+                raise second()
+            return _tensor_at(rec.ov, r)
+        if rec.ivs is None or what not in names:
+            raise no()
+        if freed:
+            raise second()
+        k = _PY_SAVED_INPUT.get(name, {}).get(what, names.index(what))
+        if k >= len(rec.ivs):
+            raise no()
+        return _tensor_at(rec.ivs[k], _producers(r)[k])
     spec = BY_OPCODE[op]
     c = struct.unpack_from("<d", TAPE.buf, i * ROW + 64)[0]
-    if what == "self" and spec.name in ("mul_scalar", "div_scalar"):
-        return None       # torch: self is not saved when the other factor needs no gradient
-    if _SCALAR_SAVED.get(spec.name) == what:     # the Python number of x * 2, x ** 2
-        v = int(c) if c == int(c) else c
-        if what == "exponent":
-            return v
-        from ..tensor import tensor
-        return tensor(v)
-    if what not in spec.saves:
-        raise AttributeError(f"'{node._name}' object has no attribute '_saved_{what}'")
-    from ..storage import array_at
-    import numpy as np
+    number = int(c) if c == int(c) else c
     code, n = row[0], row[1]
+    pa, pb = row[5], row[6]
+    if spec.name in ("mul_scalar", "div_scalar"):
+        if what == "other":              # torch wraps the Python number in a tensor (freed with the graph)
+            if freed:
+                raise second()
+            from ..tensor import tensor
+            return tensor(number)
+        if what == "self":
+            return None                  # not saved: the number needs no gradient
+        raise no()
+    if spec.name == "pow_scalar" and what == "exponent":
+        return number
+    if spec.name == "rpow_scalar":       # number ** tensor (PowBackward2): self is the number
+        if what == "self":
+            return c
+        if what == "exponent":
+            if freed:
+                raise second()
+            return _operand_at(node, row, 0)
+        if what != "result":
+            raise no()
+    names = {"exponent": "other"} if spec.name == "pow" else {}
+    key = names.get(what, what)
+    if what not in spec.saves and key not in spec.saves:
+        raise no()
+    if freed:
+        raise second()
+    if spec.name in ("mul", "div") and key in ("self", "other"):
+        # torch saves an operand only where the other one's gradient needs it
+        if spec.name == "mul" and (pb if key == "self" else pa) == -1:
+            return None
+        if spec.name == "div" and key == "self" and pb == -1:
+            return None
+    if key == "result":
+        from ..storage import array_at
+        import numpy as np
+        npdt = np.float64 if (code & 3) == 1 else np.float32
+        shape = getattr(node, "_shape", None) or (n,)
+        return _tensor_at(array_at(row[2], n, npdt).reshape(shape), r)
+    return _operand_at(node, row, 0 if key == "self" else 1)
+
+
+def _operand_at(node, row, k):
+    """Operand k of a jitted row, shaped like the node's output (or 0-d when broadcast)."""
+    import numpy as np
+    from ..storage import array_at
+    code, n = row[0], row[1]
+    spec = BY_OPCODE[code >> 5]
     npdt = np.float64 if (code & 3) == 1 else np.float32
-    shape = getattr(node, "_shape", None) or (n,)
-    if what == "result":
-        return _value(array_at(row[2], n, npdt).reshape(shape), r, None)
-    k = 0 if what == "self" else 1
     bc = (code >> 2) & 3
     cnt = row[4] if spec.kind == "reduce" else (1 if bc & (1 << k) else n)
-    p = row[5 + k]
+    shape = getattr(node, "_shape", None) or (n,)
     arr = array_at(row[3 + k], cnt, npdt)
-    return _value(arr.reshape(shape) if cnt == n else arr.reshape(() if cnt == 1 else (cnt,)), p, None)
+    return _tensor_at(arr.reshape(shape) if cnt == n else arr.reshape(() if cnt == 1 else (cnt,)), row[5 + k])
 
 
-def _value(arr, p, _):
-    """The saved operand: the leaf itself when it is one, else a copy of its values."""
+def _tensor_at(arr, p):
+    """The saved tensor over NumPy view `arr` of its storage: a leaf is itself; an intermediate
+    is a tensor over the same storage with the history of record p; a constant is a copy."""
     if p is not None and p <= -2:
         owner = TAPE.leaf_owner[-p - 2]
         t = owner() if owner is not None else None
         if t is not None:
             return t
+    if p is not None and p >= 0:
+        from ._higher import _Buffers, _alias
+        from .. import _dtype as D
+        addr = arr.__array_interface__["data"][0]
+        try:
+            base = _Buffers().find(addr)
+        except RuntimeError:
+            base = None
+        if base is not None:
+            isz = arr.itemsize
+            return _alias(base, addr, arr.shape, tuple(s // isz for s in arr.strides),
+                          D.from_numpy_dtype(arr.dtype), p)
     from ..tensor import tensor
     import numpy as np
     return tensor(np.array(arr))

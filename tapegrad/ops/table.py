@@ -67,7 +67,7 @@ _ROWS = [
     _u("pow_scalar", "PowBackward0", ("self",), lambda x, c: np.power(x, c),
        "self: grad * 0.0 if c == 0 else grad * c * self.pow(c - 1)", rule="powc", mnemonic="pow"),
     _u("rpow_scalar", "PowBackward2", ("result",), lambda x, c: np.power(c, x),
-       "self: grad * result * math.log(c)", rule="rpowc", mnemonic="rpow"),
+       "self: where(self >= 0, grad * 0.0, grad * result * log(c)) if c == 0 else grad * result * log(c)", rule="rpowc", mnemonic="rpow"),
     _u("add_scalar", "AddBackward0", (), lambda x, c: x + c, "self: grad", rule="adds", mnemonic="add"),
     _u("sub_scalar", "SubBackward0", (), lambda x, c: x - c, "self: grad", rule="subs", mnemonic="sub"),
     _u("rsub_scalar", "RsubBackward1", (), lambda x, c: c - x, "self: -grad", rule="rsubs", mnemonic="rsub"),
