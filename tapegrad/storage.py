@@ -43,6 +43,8 @@ class Arena:
         a new one. Fresh pages cost a page fault each on first touch, which at
         10^7 floats is most of an elementwise pass; reuse skips them.
         NOTE: a reused buffer is zeroed, like a fresh one."""
+        if nbytes == config.SLAB_BYTES:
+            nbytes += _ALIGN   # never the size of a slab: the tape tells slabs from own buffers by size
         pool = self.pool
         for attempt in (0, 1):
             for i, (buf, addr) in enumerate(pool):

@@ -101,6 +101,213 @@ def _addindent(s_, num_spaces):
     return first + "\n" + "\n".join(s)
 
 
+# ----- module backward hooks (torch/utils/hooks.py: BackwardHook) ---------------------------
+#
+# A module with full backward (pre-)hooks passes its tensor inputs through one identity
+# autograd.Function and its outputs through another. The outputs' node runs first in the
+# backward pass: its backward sees grad_output (the pre-hooks may replace it). The inputs'
+# node runs when the gradients with respect to the inputs are complete: its backward sees
+# grad_input, calls the full hooks, and returns what they return in place of grad_input.
+
+_HOOK_FN = []
+
+
+def _backward_hook_marker(module, args):
+    """What stands in Module._forward_pre_hooks for each backward (pre-)hook (never called)."""
+    return None
+
+
+def _hook_function():
+    """BackwardHookFunction (torch.nn.modules._functions): identity, its backward a callback."""
+    if not _HOOK_FN:
+        from ..autograd.function import Function
+
+        class BackwardHookFunction(Function):
+            @staticmethod
+            def forward(ctx, callback, *args):
+                ctx.mark_non_differentiable(*[a for a in args if not a.requires_grad])
+                ctx.callback = callback
+                ctx.diff = [i for i, a in enumerate(args) if a.requires_grad and a.dtype.is_floating_point]
+                ctx.n = len(args)
+                return args   # Function.apply gives the differentiable ones fresh handles
+
+            @staticmethod
+            def backward(ctx, *grads):
+                # None for the outputs that are not differentiable (Function passes them zeros)
+                full = [None] * ctx.n
+                for i in ctx.diff:
+                    full[i] = grads[i]
+                return (None,) + tuple(ctx.callback(tuple(full)))
+
+        _HOOK_FN.append(BackwardHookFunction)
+    return _HOOK_FN[0]
+
+
+class _BackwardHook:
+    """The state of one call of a module with full backward hooks (torch's BackwardHook)."""
+    __slots__ = ("module", "user_hooks", "user_pre_hooks", "grad_outputs", "n_outputs", "output_tensors_index",
+                 "n_inputs", "input_tensors_index", "input_meta")
+
+    def __init__(self, module, user_hooks, user_pre_hooks):
+        self.module = module
+        self.user_hooks = user_hooks
+        self.user_pre_hooks = user_pre_hooks
+        self.grad_outputs = None
+        self.n_outputs = -1
+        self.output_tensors_index = None
+        self.n_inputs = -1
+        self.input_tensors_index = None
+        self.input_meta = ()
+
+    @staticmethod
+    def _pack_with_none(indices, values, size):
+        res = [None] * size
+        for idx, val in zip(indices, values):
+            res[idx] = val
+        return tuple(res)
+
+    @staticmethod
+    def _unpack_none(indices, values):
+        return tuple(values[idx] for idx in indices)
+
+    def _on_input_grads(self, grad_input):
+        """The inputs' node: grad_input is complete; the full hooks may replace it."""
+        if self.grad_outputs is None:
+            # the gradient reached the inputs without passing through the outputs (torch: double backward)
+            return grad_input
+        from ..tensor import zeros
+        # torch: an input that does not require grad gets zeros (its identity's gradient, materialized)
+        grad_input = tuple(zeros(shape, dtype=dt) if g is None else g for g, (shape, dt) in zip(grad_input,
+                                                                                            self.input_meta))
+        res = self._pack_with_none(self.input_tensors_index, grad_input, self.n_inputs)
+        for hook in self.user_hooks:
+            out = hook(self.module, res, self.grad_outputs)
+            if out is None:
+                continue
+            if len(out) != len(res):
+                raise RuntimeError("Backward hook returned an invalid number of grad_input, "
+                                   f"got {len(out)}, but expected {len(res)}")
+            res = out
+        self.grad_outputs = None
+        return self._unpack_none(self.input_tensors_index, res)
+
+    def _on_output_grads(self, grad_output):
+        """The outputs' node: the pre-hooks see grad_output (and may replace it)."""
+        self.grad_outputs = self._pack_with_none(self.output_tensors_index, grad_output, self.n_outputs)
+        if self.user_pre_hooks:
+            expected_len = len(self.grad_outputs)
+            for user_pre_hook in self.user_pre_hooks:
+                hook_grad_outputs = user_pre_hook(self.module, self.grad_outputs)
+                if hook_grad_outputs is None:
+                    continue
+                actual_len = len(hook_grad_outputs)
+                if actual_len != expected_len:
+                    raise RuntimeError("Backward pre hook returned an invalid number of grad_output, "
+                                       f"got {actual_len}, but expected {expected_len}")
+                self.grad_outputs = hook_grad_outputs
+        local_grad_outputs = self.grad_outputs
+        if self.input_tensors_index is None:
+            # no input requires grad: the full hooks fire here, with no grad_input
+            import warnings
+            warnings.warn("Full backward hook is firing when gradients are computed with respect to module outputs "
+                          "since no inputs require gradients. See https://docs.pytorch.org/docs/main/generated/"
+                          "torch.nn.Module.html#torch.nn.Module.register_full_backward_hook for more details.",
+                          stacklevel=5)
+            grad_inputs = self._pack_with_none([], [], self.n_inputs)
+            for user_hook in self.user_hooks:
+                res = user_hook(self.module, grad_inputs, self.grad_outputs)
+                if res is not None and not (isinstance(res, tuple) and all(el is None for el in res)):
+                    raise RuntimeError("Backward hook for Modules where no input requires gradient should always "
+                                       "return None or None for all gradients.")
+            self.grad_outputs = None
+        return tuple(local_grad_outputs[i] for i in self.output_tensors_index)
+
+    def _apply_on_tensors(self, callback, args):
+        from ..autograd.grad_mode import is_grad_enabled
+        tensors_idx, tensors = [], []
+        requires_grad = False
+        for i, arg in enumerate(args):
+            if isinstance(arg, Tensor):
+                tensors_idx.append(i)
+                tensors.append(arg)
+                requires_grad |= arg.requires_grad
+        if not (requires_grad and is_grad_enabled()):
+            return args, None
+        new_tensors = _hook_function().apply(callback, *tensors)
+        if not isinstance(new_tensors, tuple):
+            new_tensors = (new_tensors,)
+        arg_list = list(args)
+        for idx, val in zip(tensors_idx, new_tensors):
+            arg_list[idx] = val
+        out = tuple(arg_list) if type(args) is tuple else type(args)(*arg_list)
+        return out, tensors_idx
+
+    def setup_input_hook(self, args):
+        res, input_idx = self._apply_on_tensors(self._on_input_grads, args)
+        if input_idx is not None:
+            self.input_meta = [(tuple(args[i].shape), args[i].dtype) for i in input_idx]
+        self.n_inputs = len(args)
+        self.input_tensors_index = input_idx
+        return res
+
+    def setup_output_hook(self, args):
+        is_tuple = isinstance(args, tuple)
+        if not is_tuple:
+            args = (args,)
+        res, output_idx = self._apply_on_tensors(self._on_output_grads, args)
+        self.n_outputs = len(args)
+        self.output_tensors_index = output_idx
+        return res if is_tuple else res[0]
+
+
+def _wrapped_hook(hook, module):
+    """A deprecated (non-full) module backward hook as a post hook of the output's node."""
+    def fn(grad_input, grad_output):
+        return hook(module, grad_input, grad_output)
+    return fn
+
+
+def _maybe_warn_non_full_backward_hook(inputs, result, grad_fn):
+    """torch's FutureWarnings for the cases where a non-full backward hook misses gradients."""
+    import warnings
+    if not isinstance(result, Tensor):
+        if not (isinstance(result, tuple) and all(isinstance(r, Tensor) for r in result)):
+            warnings.warn("Using non-full backward hooks on a Module that does not return a single Tensor or a tuple "
+                          "of Tensors is deprecated and will be removed in future versions. This hook will be missing "
+                          "some of the grad_output. Please use register_full_backward_hook to get the documented "
+                          "behavior.", FutureWarning, stacklevel=3)
+            return
+    else:
+        result = (result,)
+    if not isinstance(inputs, Tensor):
+        if not (isinstance(inputs, tuple) and all(isinstance(i, Tensor) for i in inputs)):
+            warnings.warn("Using non-full backward hooks on a Module that does not take as input a single Tensor or "
+                          "a tuple of Tensors is deprecated and will be removed in future versions. This hook will be "
+                          "missing some of the grad_input. Please use register_full_backward_hook to get the "
+                          "documented behavior.", FutureWarning, stacklevel=3)
+            return
+    else:
+        inputs = (inputs,)
+    out_grad_fn = {r.grad_fn for r in result if r.grad_fn is not None}
+    if len(out_grad_fn) == 0 or (len(out_grad_fn) == 1 and grad_fn not in out_grad_fn):
+        warnings.warn("Using a non-full backward hook when outputs are nested in python data structure is deprecated "
+                      "and will be removed in future versions. This hook will be missing some grad_output.",
+                      FutureWarning, stacklevel=3)
+    elif len(out_grad_fn) > 1:
+        warnings.warn("Using a non-full backward hook when outputs are generated by different autograd Nodes is "
+                      "deprecated and will be removed in future versions. This hook will be missing some "
+                      "grad_output. Please use register_full_backward_hook to get the documented behavior.",
+                      FutureWarning, stacklevel=3)
+    else:
+        inputs_grad_fn = {i.grad_fn for i in inputs if i.grad_fn is not None}
+        next_functions = {n[0] for n in grad_fn.next_functions}
+        if inputs_grad_fn != next_functions:
+            warnings.warn("Using a non-full backward hook when the forward contains multiple autograd Nodes is "
+                          "deprecated and will be removed in future versions. This hook will be missing some "
+                          "grad_input. Please use register_full_backward_hook to get the documented behavior.",
+                          FutureWarning, stacklevel=3)
+
+
 # ----- Module ----------------------------------------------------------------------------
 
 class Module:
@@ -128,6 +335,9 @@ class Module:
         sa(self, "_forward_hooks_always_called", OrderedDict())
         sa(self, "_forward_pre_hooks", OrderedDict())
         sa(self, "_forward_pre_hooks_with_kwargs", OrderedDict())
+        sa(self, "_backward_hooks", OrderedDict())
+        sa(self, "_backward_pre_hooks", OrderedDict())
+        sa(self, "_is_full_backward_hook", None)
 
     def forward(self, *input):
         raise NotImplementedError(f'Module [{type(self).__name__}] is missing the required "forward" function')
@@ -284,6 +494,11 @@ class Module:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        for name in ("_backward_hooks", "_backward_pre_hooks"):   # modules pickled before these existed
+            if name not in self.__dict__:
+                object.__setattr__(self, name, OrderedDict())
+        if "_is_full_backward_hook" not in self.__dict__:
+            object.__setattr__(self, "_is_full_backward_hook", None)
 
     # ----- iteration ---------------------------------------------------------------
     def _named_members(self, get_members_fn, prefix="", recurse=True, remove_duplicate=True):
@@ -359,6 +574,9 @@ class Module:
         return self
 
     def zero_grad(self, set_to_none=True):
+        from ..tape.tape import TAPE
+        if TAPE.capture is not None:
+            TAPE.capture.add("call", lambda: self.zero_grad(set_to_none))
         for p in self.parameters():
             if p.grad is not None:
                 if set_to_none:
@@ -558,16 +776,61 @@ class Module:
             self._forward_hooks.move_to_end(handle.id, last=False)
         return handle
 
-    def register_full_backward_hook(self, hook, prepend=False):
-        raise NotImplementedError("Module.register_full_backward_hook needs Tensor.register_hook, which tapegrad "
-                                  "does not have yet")
+    def register_full_backward_pre_hook(self, hook, prepend=False):
+        """hook(module, grad_output) -> None or a new grad_output, before the module's input
+        gradients are computed."""
+        handle = self._add_backward_hook(self._backward_pre_hooks, hook)
+        if prepend:
+            self._backward_pre_hooks.move_to_end(handle.id, last=False)
+        return handle
 
-    register_backward_hook = register_full_backward_hook
+    def register_backward_hook(self, hook):
+        """torch's deprecated hook: hook(module, grad_input, grad_output) on the node that made
+        the module's output (its grad_input are that node's input gradients)."""
+        if self._is_full_backward_hook is True:
+            raise RuntimeError("Cannot use both regular backward hooks and full backward hooks on a single Module. "
+                               "Please use only one of them.")
+        self._is_full_backward_hook = False
+        return self._add_backward_hook(self._backward_hooks, hook)
+
+    def register_full_backward_hook(self, hook, prepend=False):
+        """hook(module, grad_input, grad_output) -> None or a new grad_input, when the gradients
+        with respect to the module's (positional) tensor inputs are computed."""
+        if self._is_full_backward_hook is False:
+            raise RuntimeError("Cannot use both regular backward hooks and full backward hooks on a single Module. "
+                               "Please use only one of them.")
+        self._is_full_backward_hook = True
+        handle = self._add_backward_hook(self._backward_hooks, hook)
+        if prepend:
+            self._backward_hooks.move_to_end(handle.id, last=False)
+        return handle
+
+    def _add_backward_hook(self, store, hook):
+        """Register `hook` in `store` (a backward hook dict) with a marker standing for it in
+        _forward_pre_hooks, which the handle removes with it: the test on _call_impl's hot path
+        stays the two attribute reads it was (each costs ~25 ns: Module.__getattr__ takes
+        CPython's specialised attribute load away)."""
+        handle = RemovableHandle(store, extra_dict=self._forward_pre_hooks)
+        store[handle.id] = hook
+        self._forward_pre_hooks[handle.id] = _backward_hook_marker
+        return handle
 
     def _call_impl(self, *args, **kwargs):
-        if not (self._forward_hooks or self._forward_pre_hooks):
+        if not (self._forward_hooks or self._forward_pre_hooks):   # backward hooks leave a marker in the latter
             return self.forward(*args, **kwargs)
+        return self._call_hooked(args, kwargs)
+
+    def _call_hooked(self, args, kwargs):
+        full_hooks, non_full_hooks = [], []
+        if self._backward_hooks:
+            if self._is_full_backward_hook:
+                full_hooks = list(self._backward_hooks.values())
+            else:
+                non_full_hooks = list(self._backward_hooks.values())
+        pre_hooks = list(self._backward_pre_hooks.values())
         for hook_id, hook in list(self._forward_pre_hooks.items()):
+            if hook is _backward_hook_marker:
+                continue
             if hook_id in self._forward_pre_hooks_with_kwargs:
                 res = hook(self, args, kwargs)
                 if res is not None:
@@ -582,6 +845,10 @@ class Module:
                     args = res if isinstance(res, tuple) else (res,)
         called = set()
         try:
+            bw_hook = None
+            if full_hooks or pre_hooks:
+                bw_hook = _BackwardHook(self, full_hooks, pre_hooks)
+                args = bw_hook.setup_input_hook(args)
             result = self.forward(*args, **kwargs)
             for hook_id, hook in list(self._forward_hooks.items()):
                 called.add(hook_id)
@@ -591,6 +858,24 @@ class Module:
                     res = hook(self, args, result)
                 if res is not None:
                     result = res
+            if bw_hook is not None:
+                if not isinstance(result, (Tensor, tuple)):
+                    import warnings
+                    warnings.warn("For backward hooks to be called, module output should be a Tensor or a tuple of "
+                                  f"Tensors but received {type(result)}", stacklevel=2)
+                result = bw_hook.setup_output_hook(result)
+            if non_full_hooks:
+                var = result
+                while not isinstance(var, Tensor):
+                    if isinstance(var, dict):
+                        var = next(v for v in var.values() if isinstance(v, Tensor))
+                    else:
+                        var = var[0]
+                grad_fn = var.grad_fn
+                if grad_fn is not None:
+                    for hook in non_full_hooks:
+                        grad_fn.register_hook(_wrapped_hook(hook, self))
+                    _maybe_warn_non_full_backward_hook(args, result, grad_fn)
             return result
         except Exception:
             for hook_id, hook in list(self._forward_hooks.items()):

@@ -667,7 +667,14 @@ class Tape:
             if i < 0:
                 return
             if py:
-                self._accumulate(P, i, self._py_grads(P, i))
+                rec = self.py[i + self.base]
+                if rec.spec.kind == "function":     # user code, which may run a backward of its own
+                    self._sync_leaves(P, out=True)
+                    grads = self._py_grads(P, i)
+                    self._sync_leaves(P, out=False)
+                else:
+                    grads = self._py_grads(P, i)
+                self._accumulate(P, i, grads)
                 hi = i - 1
             else:
                 hi = i      # a record of the other dtype: switch entry point
@@ -706,6 +713,27 @@ class Tape:
                 inplace[s] = False
             for s in np.flatnonzero(inplace & (P.ls[:n] != np.frombuffer(self.leaf_state, np.int8)[:n])):
                 self.leaf_state[int(s)] = int(P.ls[s])
+
+    def _sync_leaves(self, P, out):
+        """The pass's private leaf states of the slots it writes in place go to the tape (out) or
+        come back from it: a nested pass in user code then sees, and leaves, the true state."""
+        n = min(len(self.leaf_state), len(P.la))
+        if not n or P.ls is None:
+            return
+        real = np.frombuffer(self.leaf_state, np.int8)
+        try:
+            inplace = P.la[:n] != 0
+            if P.off is not None:
+                inplace[:len(P.off)] &= ~P.off[:n]
+            for s in P.bufs:
+                if s < n:
+                    inplace[s] = False
+            if out:
+                real[:n][inplace] = P.ls[:n][inplace]
+            else:
+                P.ls[:n][inplace] = real[:n][inplace]
+        finally:
+            del real
 
     def _grad_view(self, P, i, shape, npdt):
         """The gradient buffer of physical record i in pass P, a view into the scratch bytes
