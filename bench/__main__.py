@@ -18,13 +18,15 @@ import sys
 import time
 import traceback
 
-from . import c0_startup, w1_scalar_chain, w2_mlp, w3_elementwise, w5_article_loops
+from . import c0_startup, w1_scalar_chain, w2_mlp, w3_elementwise, w4_rnn, w5_article_loops
 from .harness import (RESULTS_DIR, Context, load_warning, loud, print_table, results_payload, stamp,
                       write_json)
 from .peers import ALL, Peers
 
-WORKLOADS = {"W1": w1_scalar_chain, "W2": w2_mlp, "W3": w3_elementwise, "W5": w5_article_loops,
+WORKLOADS = {"W1": w1_scalar_chain, "W2": w2_mlp, "W3": w3_elementwise, "W4": w4_rnn, "W5": w5_article_loops,
              "C0": c0_startup}
+#: peers left out of --smoke, with the reason their rows give
+SMOKE_EXCLUDED = {"torch.compile": "skipped (not in --smoke: compiling is slow)"}
 ALIASES = {"W5A": ("W5", "W5a"), "W5B": ("W5", "W5b")}
 
 
@@ -32,7 +34,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="",
-                   help="comma-separated workloads: W1, W2, W3, W5 (or W5a, W5b), C0 (default: all)")
+                   help="comma-separated workloads: W1, W2, W3, W4, W5 (or W5a, W5b), C0 (default: all)")
     p.add_argument("--peers", default=",".join(ALL),
                    help=f"comma-separated peers (default: all of {','.join(ALL)})")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
@@ -61,7 +63,7 @@ def select_workloads(only):
             if wid == "W5":
                 variants |= {"W5a", "W5b"}
         else:
-            raise SystemExit(f"unknown workload {item!r}; choose from W1, W2, W3, W5, W5a, W5b, C0")
+            raise SystemExit(f"unknown workload {item!r}; choose from W1, W2, W3, W4, W5, W5a, W5b, C0")
         if wid not in ids:
             ids.append(wid)
     return [w for w in WORKLOADS if w in ids], variants
@@ -71,7 +73,8 @@ def main(argv=None):
     args = parse_args(argv)
     ids, variants = select_workloads(args.only)
     try:
-        peers = Peers([s.strip() for s in args.peers.split(",") if s.strip()])
+        peers = Peers([s.strip() for s in args.peers.split(",") if s.strip()],
+                      excluded=SMOKE_EXCLUDED if args.smoke else None)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     if args.torch_threads is not None:

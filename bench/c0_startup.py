@@ -4,7 +4,7 @@ Each repetition starts a new interpreter that imports the peer, builds a
 tiny graph (``(tanh(x*w + 1) * sin(x)).sum()`` over 3-element tensors) and
 calls ``backward()`` once. Reported separately, in four tables:
 
-* import time (``import tapegrad`` / ``import torch`` / ``import numba``),
+* import time (``import tapegrad`` / ``torch`` / ``numba`` / ``jax`` / ``autograd``),
 * first graph + backward time (recording, the first forward flush and the
   first reverse replay: this is where JIT compilation or cache loading shows),
 
@@ -12,7 +12,9 @@ each with a **warm** cache (the default cache, primed by one untimed run
 first) and a **cold** cache (``NUMBA_CACHE_DIR`` pointed at a new, empty
 temp directory for every run). The ``njit`` peer is ``import numba`` plus
 the first call of a hand-written ``@njit(cache=True)`` gradient, the floor
-for a Numba-based package. torch has no JIT cache: its cold and warm runs
+for a Numba-based package; ``jax`` and ``autograd`` import the package and
+its ``numpy`` and take the first ``grad`` of the same function (eager, no
+jit). torch, jax and autograd keep no Numba cache: their cold and warm runs
 differ only by noise. Process wall time (interpreter start to exit) and the
 build/backward split are kept in the JSON rows' ``extra``. tapegrad's
 gradients are cross-checked against torch's (computed in this process).
@@ -29,11 +31,15 @@ import time
 
 import numpy as np
 
-from .harness import Row, Table, checked_row, loud, unavailable_row
+from .harness import Row, Table, checked_row, loud
 
 ID = "C0"
 TITLE = "start-up"
 PEERS = ("tapegrad", "torch", "njit", "jax", "autograd")
+NO_NUMBA_CACHE = ("torch", "jax", "autograd")
+NOTES = {"njit": "import numba + first @njit(cache=True) call",
+         "jax": "import jax, jax.numpy + first jax.grad call (no jit)",
+         "autograd": "import autograd, autograd.numpy + first autograd.grad call"}
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK_DIR = os.path.join(tempfile.gettempdir(), "tapegrad-bench-c0")
 TIMEOUT_S = 600
@@ -69,6 +75,19 @@ if peer == "njit":
     t2 = time.perf_counter()
     gx, gw = grads(x, w)
     g = gx.tolist() + gw.tolist()
+    t3 = time.perf_counter()
+elif peer in ("jax", "autograd"):
+    import importlib
+    import numpy as np
+    mod = importlib.import_module(peer)
+    xnp = importlib.import_module(peer + ".numpy")
+    t1 = time.perf_counter()
+    x = np.array([0.5, -1.0, 2.0], np.float32)
+    w = np.array([1.5, 0.25, -0.75], np.float32)
+    f = lambda a: (xnp.tanh(a[0] * a[1] + 1.0) * xnp.sin(a[0])).sum()
+    t2 = time.perf_counter()
+    gx, gw = mod.grad(f)((x, w))
+    g = np.asarray(gx).tolist() + np.asarray(gw).tolist()
     t3 = time.perf_counter()
 else:
     import importlib
@@ -161,11 +180,6 @@ def run(ctx):
     for peer in PEERS:
         if not ctx.peers.wanted(peer):
             continue
-        if peer in ("jax", "autograd"):
-            _mod, reason = ctx.peers.get(peer)
-            for t in tables.values():
-                t.rows.append(unavailable_row(ctx, t.title, peer, reason))
-            continue
         if not _importable(peer):
             for t in tables.values():
                 t.rows.append(Row(peer, status="skipped", note="skipped (not installed)"))
@@ -174,8 +188,8 @@ def run(ctx):
             where = f"{ID} {mode} cache"
             t_imp, t_first = tables[mode, "import"], tables[mode, "first"]
             try:
-                # torch has no JIT cache to prime: --smoke saves its untimed run
-                runs = _runs(script, peer, mode, reps[mode], prime=not (ctx.smoke and peer == "torch"))
+                # torch, jax and autograd have no Numba cache to prime: --smoke saves their untimed run
+                runs = _runs(script, peer, mode, reps[mode], prime=not (ctx.smoke and peer in NO_NUMBA_CACHE))
             except Exception as exc:  # noqa: BLE001 - report, keep the suite running
                 msg = f"{type(exc).__name__}: {exc}"
                 loud(f"{where}: peer {peer} failed: {msg}")
@@ -186,10 +200,9 @@ def run(ctx):
                 continue
             grads = {"grads": np.array(runs[0]["grads"])}
             row = checked_row(ctx, where, peer, grads, ref, rtol=1e-4, atol=1e-6)
-            if peer == "torch":
-                row.note = "no JIT cache (cold = warm)" if mode == "cold" else ""
-            if peer == "njit":
-                row.note = "import numba + first @njit(cache=True) call"
+            if row.status == "ok":
+                cold = "no Numba cache (cold = warm)" if mode == "cold" and peer in NO_NUMBA_CACHE else ""
+                row.note = "; ".join(n for n in (NOTES.get(peer, ""), cold) if n)
             for t, key in ((t_imp, "import"), (t_first, "first")):
                 r = Row(peer, status=row.status, note=row.note, times=[x[key] for x in runs],
                         extra={"runs": runs})

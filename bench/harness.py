@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .peers import COMPILING
+
 REF_PEER = "tapegrad"
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -334,18 +336,19 @@ def machine_info():
         "numpy": _version("numpy"),
         "numba": _version("numba"),
         "torch": _version("torch"),
-        "micrograd": None,
         "matplotlib": _version("matplotlib"),
         "git": _git_revision(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "env": {k: os.environ[k] for k in sorted(os.environ)
-                if k.startswith(("NUMBA_", "OMP_", "MKL_", "OPENBLAS_", "TAPEGRAD_"))},
+                if k.startswith(("NUMBA_", "OMP_", "MKL_", "OPENBLAS_", "TAPEGRAD_", "TORCHINDUCTOR_", "JAX_",
+                                 "XLA_"))},
     }
-    try:
-        from importlib.metadata import version
-        info["micrograd"] = version("micrograd")
-    except Exception:  # noqa: BLE001
-        pass
+    from importlib.metadata import PackageNotFoundError, version
+    for dist in ("micrograd", "jax", "jaxlib", "autograd"):   # from metadata: importing jax takes ~1 s
+        try:
+            info[dist] = version(dist)
+        except PackageNotFoundError:
+            info[dist] = None
     if "tapegrad" in sys.modules:
         info["tapegrad"] = getattr(sys.modules["tapegrad"], "__version__", "unknown")
     if "torch" in sys.modules:
@@ -407,18 +410,44 @@ def write_json(path, payload):
 
 
 def summarize(impl):
-    """One step of a training-step implementation: its loss and parameters after it."""
+    """One call of an implementation, as a dict for the cross-check: ``impl.summary(impl.step())``
+    when it has ``summary``, else (a training step) its loss and its ``state()`` after the step."""
+    if hasattr(impl, "summary"):
+        return impl.summary(impl.step())
     out = {"loss": impl.step()}
     out.update(impl.state())
     return out
 
 
-def time_peers(ctx, table, where, peers, make_impl, ref, *, rtol, atol, notes=None, skip=None, reps,
-               warmup, number=1):
-    """The loop of a training-step workload: for each wanted peer, build its
-    implementation (``make_impl(peer, module)``, with ``.step()`` returning the
-    loss and ``.state()`` the parameters), check one step against ``ref``,
-    then time ``step``. ``skip(peer)`` may return a reason to skip a peer."""
+def first_call(fn):
+    """``(fn(), seconds)``: the first call, where a JIT traces and compiles."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def note_first_call(row, peer, seconds):
+    """Keep the first call's time in ``row.extra`` (``first_call_s``; ``compile_s`` too for the
+    compiling peers, whose note then shows it: their compile time is reported apart)."""
+    row.extra["first_call_s"] = seconds
+    if peer in COMPILING:
+        row.extra["compile_s"] = seconds
+        if row.status == "ok":
+            row.note = (f"{row.note}; " if row.note else "") + f"compile (first call) {fmt_time(seconds)}"
+
+
+def time_peers(ctx, table, where, peers, make_impl, ref, *, rtol=None, atol=0.0, check=None, notes=None,
+               skip=None, reps, warmup, number=1, checksum="param_sum", ref_name="torch"):
+    """The loop of a workload with one table: for each wanted peer, build its
+    implementation (``make_impl(peer, module)``), run it once (``summarize``;
+    its time goes to ``note_first_call``), check that against ``ref`` (or
+    with ``check(where, peer, got) -> Row``), then time ``impl.step()``. An
+    implementation is either a training step (``.step()`` returns the loss,
+    ``.state()`` the parameters) or has ``.summary(step_result)``; its
+    ``.zero()``, when it has one, runs untimed before every call.
+    ``skip(peer)`` may return a reason to skip a peer. ``checksum`` names the
+    row's ``extra["check"]`` entry holding the sum of all non-loss values;
+    ``ref_name`` is what a mismatch says ``ref`` came from."""
     for peer in peers:
         if not ctx.peers.wanted(peer):
             continue
@@ -432,15 +461,19 @@ def time_peers(ctx, table, where, peers, make_impl, ref, *, rtol, atol, notes=No
             continue
         try:
             impl = make_impl(peer, mod)
-            got = summarize(impl)
-            row = checked_row(ctx, where, peer, got, ref, rtol=rtol, atol=atol)
+            got, first_s = first_call(lambda: summarize(impl))
+            row = (check(where, peer, got) if check is not None
+                   else checked_row(ctx, where, peer, got, ref, rtol=rtol, atol=atol, ref_name=ref_name))
             row.extra["check"] = {"loss": got["loss"],
-                                  "param_sum": float(sum(np.sum(v, dtype=np.float64)
-                                                         for k, v in got.items() if k != "loss"))}
+                                  checksum: float(sum(np.sum(v, dtype=np.float64)
+                                                      for k, v in got.items() if k != "loss"))}
             if notes and peer in notes and row.status == "ok" and not row.note:
                 row.note = notes[peer]
+            note_first_call(row, peer, first_s)
+            row.times = measure(lambda _: impl.step(), setup=getattr(impl, "zero", None), warmup=warmup,
+                                reps=reps, number=number, max_seconds=ctx.max_seconds)
             table.rows.append(row)
-            row.times = measure(lambda _: impl.step(), warmup=warmup, reps=reps, number=number,
-                                max_seconds=ctx.max_seconds)
         except Exception as exc:  # noqa: BLE001 - report, keep the suite running
             table.rows.append(error_row(ctx, where, peer, exc))
+        finally:
+            impl = None   # W3's 10^7-element buffers: free them before the next peer allocates

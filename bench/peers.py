@@ -1,20 +1,24 @@
 """Import the peers a run asked for, each only when it is importable.
 
-Peers: ``tapegrad`` (the subject), ``torch`` (eager), ``micrograd`` (W1),
-``numpy`` (hand-written forward+backward, the no-autograd floor), ``njit``
-(hand-written Numba loops, the compiled floor), and ``jax`` / ``autograd``
-(listed when installed, not implemented yet). ``Peers.get(name)`` returns
-``(module, None)`` or ``(None, reason)``; a missing optional peer is a
-"skipped (not installed)" row, never a failure. tapegrad failing to import
-is a failure (``Peers.tapegrad_error``), because it is what the suite tests.
+Peers: ``tapegrad`` (the subject), ``torch`` (eager), ``torch.compile``
+(the module is torch; the workloads compile their model or loss function),
+``micrograd`` (W1), ``numpy`` (hand-written forward+backward, the no-autograd
+floor), ``njit`` (hand-written Numba loops, the compiled floor), ``jax``
+(``jax.jit`` of ``value_and_grad``; the module is jax with ``jax.numpy`` and
+``jax.lax`` loaded) and ``autograd`` (HIPS autograd, with ``autograd.numpy``
+loaded). ``Peers.get(name)`` returns ``(module, None)`` or ``(None, reason)``;
+a missing optional peer is a "skipped (not installed)" row, never a failure,
+and so is a peer left out of this run (``excluded``: torch.compile in
+``--smoke``). tapegrad failing to import is a failure
+(``Peers.tapegrad_error``), because it is what the suite tests.
 """
 import importlib
-import importlib.util
 import math
 import sys
 
-ALL = ("tapegrad", "torch", "micrograd", "numpy", "njit", "jax", "autograd")
-NOT_IMPLEMENTED = ("jax", "autograd")
+ALL = ("tapegrad", "torch", "torch.compile", "micrograd", "numpy", "njit", "jax", "autograd")
+#: peers whose first call traces and compiles: its time is reported apart (``harness.note_first_call``)
+COMPILING = ("torch.compile", "jax")
 NOT_INSTALLED = "skipped (not installed)"
 
 
@@ -48,9 +52,32 @@ def _micrograd_tanh(self):
     return out
 
 
+def _load_torch_compile():
+    torch = importlib.import_module("torch")
+    if not hasattr(torch, "compile"):
+        raise ImportError(f"torch {torch.__version__} has no torch.compile")
+    return torch
+
+
+def _load_jax():
+    jax = importlib.import_module("jax")
+    importlib.import_module("jax.numpy")
+    importlib.import_module("jax.lax")
+    return jax
+
+
+def _load_autograd():
+    autograd = importlib.import_module("autograd")
+    importlib.import_module("autograd.numpy")
+    return autograd
+
+
 _LOADERS = {
     "tapegrad": _load_tapegrad,
     "torch": lambda: importlib.import_module("torch"),
+    "torch.compile": _load_torch_compile,
+    "jax": _load_jax,
+    "autograd": _load_autograd,
     "micrograd": _load_micrograd,
     "numpy": lambda: importlib.import_module("numpy"),
     "njit": lambda: importlib.import_module("numba"),
@@ -60,12 +87,13 @@ _LOADERS = {
 class Peers:
     """The peers selected with ``--peers`` and their import state (cached)."""
 
-    def __init__(self, selected=ALL):
+    def __init__(self, selected=ALL, excluded=None):
         unknown = [p for p in selected if p not in ALL]
         if unknown:
             raise ValueError(f"unknown peer(s) {unknown}; choose from {', '.join(ALL)}")
         self.selected = tuple(p for p in ALL if p in selected)
         self._cache = {}
+        self.excluded = dict(excluded or {})   # peer -> reason it is skipped in this run
         self.tapegrad_error = None   # the exception text when tapegrad does not import
 
     def wanted(self, name):
@@ -75,9 +103,8 @@ class Peers:
         """``(module, None)`` when usable, else ``(None, reason)``."""
         if name in self._cache:
             return self._cache[name]
-        if name in NOT_IMPLEMENTED:
-            found = importlib.util.find_spec(name) is not None
-            res = (None, "skipped (installed; no bench implementation yet)" if found else NOT_INSTALLED)
+        if name in self.excluded:
+            res = (None, self.excluded[name])
         else:
             try:
                 res = (_LOADERS[name](), None)

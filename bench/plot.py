@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PEER_ORDER = ("tapegrad", "torch", "micrograd", "numpy", "njit", "jax", "autograd")
+PEER_ORDER = ("tapegrad", "torch", "torch.compile", "micrograd", "numpy", "njit", "jax", "autograd")
 
 
 def _short(title):

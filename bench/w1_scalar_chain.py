@@ -11,16 +11,23 @@ N times (3N records); backward from h. Two tables:
   tapegrad has run the forward), and only ``h.backward()`` is timed.
 
 Peers: tapegrad and torch (one function, ``chain_forward(torch_like, …)``),
-micrograd (``tanh`` added as in the lecture), a hand-written Python loop
-(the no-autograd floor of an interpreter), and ``@njit`` loops (the compiled
-floor). Before timing, every peer's ``h`` and sum of all leaf gradients
+micrograd (``tanh`` added as in the lecture), jax (``jax.jit`` of
+``value_and_grad`` of the same ``chain_forward`` over ``jax.numpy``, every
+leaf a scalar, the loop unrolled when traced; its compile time, tens of
+seconds, is reported apart; no backward-only row) and HIPS autograd
+(the same function over ``autograd.numpy``, w and b as two arrays; backward
+only: ``make_vjp`` builds the forward, the pullback is timed), a hand-written
+Python loop (the no-autograd floor of an interpreter), and ``@njit`` loops
+(the compiled floor). Before timing, every peer's ``h`` and sum of all leaf gradients
 must match torch's (rtol 1e-4).
 """
 import math
 
 import numpy as np
 
-from .harness import Row, Table, checked_row, error_row, measure, unavailable_row
+from .functional import GradCall
+from .harness import (Row, Table, checked_row, error_row, first_call, measure, note_first_call, summarize,
+                      unavailable_row)
 
 ID = "W1"
 TITLE = "scalar chain"
@@ -221,10 +228,30 @@ class NjitLoop:
                 "grad_sum": float(gx) + float(gw.astype(np.float64).sum() + gb.astype(np.float64).sum())}
 
 
+class Functional(GradCall):
+    """jax or HIPS autograd: value and gradient of ``chain_forward`` w.r.t. x, w and b."""
+
+    def __init__(self, module, data, peer):
+        x, w, b = data
+        if peer == "jax":    # 2N+1 scalar leaves; iterating a traced array compiles for minutes
+            w, b = list(w), list(b)
+        super().__init__(peer, module, chain_forward, (np.float32(x), w, b))
+
+    def zero(self):
+        pass
+
+    def summary(self, res):
+        h, grads = res
+        return {"h": float(h), "grad_sum": sum(float(np.asarray(g, dtype=np.float64).sum()) for g in grads)}
+
+
 IMPLS = {"tapegrad": TorchLike, "torch": TorchLike, "micrograd": Micrograd,
-         "numpy": PythonLoop, "njit": NjitLoop}
+         "numpy": PythonLoop, "njit": NjitLoop,
+         "jax": lambda mod, data: Functional(mod, data, "jax"),
+         "autograd": lambda mod, data: Functional(mod, data, "autograd")}
 NOTES = {"numpy": "hand-written Python loop", "njit": "hand-written @njit loops",
-         "micrograd": "float64 Python floats"}
+         "micrograd": "float64 Python floats", "jax": "jax.jit(value_and_grad), loop unrolled",
+         "autograd": "HIPS autograd"}
 
 
 def run(ctx):
@@ -255,11 +282,12 @@ def run(ctx):
         where = f"{ID} (N={n})"
         try:
             impl = IMPLS[peer](mod, data)
-            got = impl.summary(impl.step())
+            got, first_s = first_call(lambda: summarize(impl))
             row = checked_row(ctx, where, peer, got, ref, rtol=RTOL)
             row.extra["check"] = got
             if peer in NOTES and row.status == "ok" and not row.note:
                 row.note = NOTES[peer]
+            note_first_call(row, peer, first_s)
             t_both.rows.append(row)
             row.times = measure(lambda _: impl.step(), setup=lambda: impl.zero(),
                                 warmup=ctx.warmup(2), reps=reps_both, max_seconds=ctx.max_seconds)
@@ -267,8 +295,12 @@ def run(ctx):
             t_both.rows.append(error_row(ctx, f"{where} forward+backward", peer, exc))
             t_bwd.rows.append(Row(peer, status="ERROR", note="see forward+backward"))
             continue
+        why = getattr(impl, "no_backward_only", None)
+        if why:
+            t_bwd.rows.append(Row(peer, status="skipped", note=why))
+            continue
         try:
-            row2 = Row(peer, status=row.status, note=row.note)
+            row2 = Row(peer, status=row.status, note=NOTES.get(peer, "") if row.status == "ok" else row.note)
             t_bwd.rows.append(row2)
             row2.times = measure(impl.backward, setup=impl.build, warmup=ctx.warmup(1),
                                  reps=reps_bwd, max_seconds=ctx.max_seconds)

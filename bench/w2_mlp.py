@@ -2,19 +2,24 @@
 
 One training step is ``zero_grad(); loss = cross_entropy(model(x), y);
 loss.backward(); step(); loss.item()``: matmuls plus small tensors, a real
-training step (see ``shared/BENCHMARKS.md``). Peers: tapegrad and torch (the
-same code via ``build``) and a hand-written NumPy forward+backward+update
-(the "no autograd overhead" floor). Every peer's first loss and parameters
-after one step are checked against torch's before it is timed.
+training step (see ``shared/BENCHMARKS.md``). Peers: tapegrad, torch eager
+and ``torch.compile`` (the same code, ``TorchLike``; torch.compile compiles
+the model, the loss, backward and SGD step stay as they are), jax (the whole
+step under ``jax.jit``) and HIPS autograd (``mlp_loss``, written once over
+``jax.numpy`` / ``autograd.numpy``, see ``functional.py``), and a
+hand-written NumPy forward+backward+update (the "no autograd overhead"
+floor). Every peer's first loss and parameters after one step are checked
+against torch's before it is timed.
 """
 import numpy as np
 
+from .functional import training_step
 from .harness import Table, summarize, time_peers
-from .w5_article_loops import _tapegrad_nn_missing
+from .w5_article_loops import NOTES, _tapegrad_nn_missing
 
 ID = "W2"
 TITLE = "MLP 784-256-256-10 training step"
-PEERS = ("tapegrad", "torch", "numpy", "jax", "autograd")
+PEERS = ("tapegrad", "torch", "torch.compile", "numpy", "jax", "autograd")
 RTOL, ATOL = 1e-4, 1e-5
 LR = 0.01
 BATCH = 128
@@ -34,9 +39,10 @@ def make_data(sizes=SIZES, batch=BATCH):
 
 
 class TorchLike:
-    """tapegrad or torch: nn.Sequential(Linear, ReLU, Linear, ReLU, Linear) + CrossEntropyLoss + SGD."""
+    """tapegrad, torch or torch.compile (the model compiled):
+    nn.Sequential(Linear, ReLU, Linear, ReLU, Linear) + CrossEntropyLoss + SGD."""
 
-    def __init__(self, torch_like, data, sizes=SIZES):
+    def __init__(self, torch_like, data, sizes=SIZES, compile=False):
         x, y, init = data
         nn = torch_like.nn
         layers = []
@@ -48,6 +54,7 @@ class TorchLike:
         with torch_like.no_grad():
             for name, p in self.model.named_parameters():
                 p.copy_(torch_like.tensor(init[name]))
+        self.forward = torch_like.compile(self.model) if compile else self.model
         self.loss_fn = nn.CrossEntropyLoss()
         self.opt = torch_like.optim.SGD(self.model.parameters(), lr=LR)
         self.x = torch_like.tensor(x)
@@ -55,7 +62,7 @@ class TorchLike:
 
     def step(self):
         self.opt.zero_grad()
-        loss = self.loss_fn(self.model(self.x), self.y)
+        loss = self.loss_fn(self.forward(self.x), self.y)
         loss.backward()
         self.opt.step()
         return loss.item()
@@ -106,8 +113,26 @@ class NumpyStep:
         return {k: v.copy() for k, v in self.p.items()}
 
 
-IMPLS = {"tapegrad": TorchLike, "torch": TorchLike, "numpy": NumpyStep}
-NOTES = {"numpy": "hand-written NumPy step"}
+def mlp_loss(xnp, p, x, y):
+    """The same step's loss as a pure function of the parameters (jax, HIPS autograd)."""
+    n = len(p) // 2
+    h = x
+    for i in range(n):
+        h = h @ p[f"{2 * i}.weight"].T + p[f"{2 * i}.bias"]
+        if i < n - 1:
+            h = xnp.maximum(h, 0.0)
+    m = xnp.max(h, axis=1, keepdims=True)
+    logp = h - m - xnp.log(xnp.sum(xnp.exp(h - m), axis=1, keepdims=True))
+    return -xnp.mean(logp[np.arange(len(y)), y])
+
+
+def make_impl(peer, mod, data, sizes):
+    if peer in ("jax", "autograd"):
+        x, y, init = data
+        return training_step(peer, mod, mlp_loss, init, x, y, LR)
+    if peer == "numpy":
+        return NumpyStep(mod, data, sizes)
+    return TorchLike(mod, data, sizes, compile=peer == "torch.compile")
 
 
 
@@ -118,7 +143,7 @@ def run(ctx):
                   unit_note="time per step: zero_grad, forward, cross-entropy, backward, SGD step, loss.item()")
     ref_torch = ctx.peers.reference_torch()
     ref = summarize(TorchLike(ref_torch, data, sizes)) if ref_torch is not None else None
-    time_peers(ctx, table, ID, PEERS, lambda peer, mod: IMPLS[peer](mod, data, sizes), ref, rtol=RTOL,
+    time_peers(ctx, table, ID, PEERS, lambda peer, mod: make_impl(peer, mod, data, sizes), ref, rtol=RTOL,
                atol=ATOL, notes=NOTES, skip=lambda peer: _tapegrad_nn_missing() if peer == "tapegrad" else None,
                reps=ctx.reps(full=30, quick=10), warmup=ctx.warmup(5))
     return [table]

@@ -5,8 +5,11 @@ and 10^7 float32 elements (``--quick``: 10^5 and 10^6; ``--smoke``: 10^4),
 one table per size, forward+backward timed together (x is made once,
 ``x.grad = None`` between reps).
 
-Peers: tapegrad and torch (one function, ``loss_fn(torch_like, x)``), a
-hand-written NumPy forward+backward, and a fused ``@njit(parallel=True)``
+Peers: tapegrad, torch eager and ``torch.compile`` (one function,
+``loss_fn(torch_like, x)``; torch.compile compiles it, ``dynamic=False``, so
+once per size), jax (``jax.jit(value_and_grad)``) and HIPS autograd (the same
+``loss_fn`` over ``jax.numpy`` / ``autograd.numpy``), a hand-written NumPy
+forward+backward, and a fused ``@njit(parallel=True)``
 loop computing the loss and the gradient in one pass (the bandwidth floor):
 d/dx = exp(-x²)·(cos x − 2x·sin x). Before timing, every peer's gradient
 must match torch's (allclose rtol 1e-3, atol 1e-6) and its loss too
@@ -14,11 +17,12 @@ must match torch's (allclose rtol 1e-3, atol 1e-6) and its loss too
 """
 import numpy as np
 
-from .harness import Table, checked_row, error_row, measure, unavailable_row
+from .functional import GradCall
+from .harness import Table, checked_row, time_peers
 
 ID = "W3"
 TITLE = "elementwise (sin(x)*exp(-x*x)).sum()"
-PEERS = ("tapegrad", "torch", "numpy", "njit", "jax", "autograd")
+PEERS = ("tapegrad", "torch", "torch.compile", "numpy", "njit", "jax", "autograd")
 RTOL, ATOL = 1e-3, 1e-6
 
 
@@ -32,17 +36,19 @@ def make_data(n):
 
 
 class TorchLike:
-    """tapegrad or torch: the same code, parametrised by the module."""
+    """tapegrad, torch or torch.compile: the same code, parametrised by the module."""
 
-    def __init__(self, torch_like, x_np):
-        self.tl = torch_like
+    def __init__(self, torch_like, x_np, compile=False):
+        self.loss = lambda x: loss_fn(torch_like, x)
+        if compile:
+            self.loss = torch_like.compile(self.loss, dynamic=False)
         self.x = torch_like.tensor(x_np, dtype=torch_like.float32, requires_grad=True)
 
     def zero(self):
         self.x.grad = None
 
     def step(self):
-        loss = loss_fn(self.tl, self.x)
+        loss = self.loss(self.x)
         loss.backward()
         return loss, self.x.grad
 
@@ -116,8 +122,28 @@ class NjitFused:
         return {"loss": float(res[0]), "grad": res[1]}
 
 
-IMPLS = {"tapegrad": TorchLike, "torch": TorchLike, "numpy": NumpyFloor, "njit": NjitFused}
-NOTES = {"numpy": "hand-written NumPy", "njit": "fused @njit(parallel=True), one pass"}
+class Functional(GradCall):
+    """jax (``jax.jit(value_and_grad)``) or HIPS autograd, of the same ``loss_fn``."""
+
+    def __init__(self, peer, module, x_np):
+        super().__init__(peer, module, loss_fn, (x_np,))
+
+    def summary(self, res):
+        loss, (grad,) = res
+        return {"loss": float(loss), "grad": np.asarray(grad)}
+
+
+def make_impl(peer, mod, x_np):
+    if peer in ("jax", "autograd"):
+        return Functional(peer, mod, x_np)
+    if peer in ("tapegrad", "torch", "torch.compile"):
+        return TorchLike(mod, x_np, compile=peer == "torch.compile")
+    return {"numpy": NumpyFloor, "njit": NjitFused}[peer](mod, x_np)
+
+
+NOTES = {"numpy": "hand-written NumPy", "njit": "fused @njit(parallel=True), one pass",
+         "torch.compile": "torch.compile(loss_fn)", "jax": "jax.jit(value_and_grad)",
+         "autograd": "HIPS autograd"}
 
 
 def sizes(ctx):
@@ -140,29 +166,10 @@ def run(ctx):
             ref_impl = TorchLike(ref_torch, x_np)
             ref = ref_impl.summary(ref_impl.step())
             del ref_impl
-        where = f"{ID} (n={n:.0e})"
-        reps = ctx.reps(full=10 if n <= 10 ** 6 else 7, quick=5)
-        for peer in PEERS:
-            if not ctx.peers.wanted(peer):
-                continue
-            mod, reason = ctx.peers.get(peer)
-            if mod is None:
-                table.rows.append(unavailable_row(ctx, where, peer, reason))
-                continue
-            try:
-                impl = IMPLS[peer](mod, x_np)
-                got = impl.summary(impl.step())
-                row = _check(ctx, where, peer, got, ref, n)
-                row.extra["check"] = {"loss": got["loss"], "grad_sum": float(np.sum(got["grad"], dtype=np.float64))}
-                if peer in NOTES and row.status == "ok" and not row.note:
-                    row.note = NOTES[peer]
-                table.rows.append(row)
-                row.times = measure(lambda _: impl.step(), setup=lambda: impl.zero(),
-                                    warmup=ctx.warmup(1), reps=reps, max_seconds=ctx.max_seconds)
-            except Exception as exc:  # noqa: BLE001 - report, keep the suite running
-                table.rows.append(error_row(ctx, where, peer, exc))
-            finally:
-                impl = None
+        time_peers(ctx, table, f"{ID} (n={n:.0e})", PEERS, lambda peer, mod: make_impl(peer, mod, x_np), ref,
+                   check=lambda where, peer, got: _check(ctx, where, peer, got, ref, n), notes=NOTES,
+                   reps=ctx.reps(full=10 if n <= 10 ** 6 else 7, quick=5), warmup=ctx.warmup(1),
+                   checksum="grad_sum")
     return tables
 
 

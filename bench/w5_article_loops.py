@@ -12,9 +12,13 @@ step(); loss.item()`` (the ``item()`` is the logging a real loop does; it
 also makes a lazy engine finish the step). Each repetition times a block of
 steps and reports the time per step.
 
-Peers: tapegrad and torch (the same code, ``build_w5a/b(torch_like, …)``)
-and a hand-written NumPy step. Before timing, the loss of the first step and
-every parameter after it must match torch's (rtol 1e-4, atol 1e-6). tapegrad
+Peers: tapegrad, torch eager and ``torch.compile`` (the same code,
+``build_w5a/b(torch_like, …)``; torch.compile compiles the model, the loop
+around it is the article's), jax (the whole step, SGD update included, under
+``jax.jit``) and HIPS autograd (the loss written once as a pure function,
+``LOSSES``, see ``functional.py``), and a hand-written NumPy step. Before
+timing, the loss of the first step and every parameter after it must match
+torch's (rtol 1e-4, atol 1e-6). tapegrad
 runs only when ``tapegrad.nn`` and ``tapegrad.optim`` exist; otherwise its
 row says "skipped: tapegrad.nn not available".
 """
@@ -22,11 +26,12 @@ import importlib
 
 import numpy as np
 
+from .functional import training_step
 from .harness import Table, summarize, time_peers
 
 ID = "W5"
 TITLE = "the articles' training loops (W5a, W5b)"
-PEERS = ("tapegrad", "torch", "numpy", "jax", "autograd")
+PEERS = ("tapegrad", "torch", "torch.compile", "numpy", "jax", "autograd")
 RTOL, ATOL = 1e-4, 1e-6
 LR = 0.01
 BATCH = 100
@@ -104,17 +109,18 @@ def make_data(variant):
 # ----- peers -------------------------------------------------------------------------
 
 class TorchLike:
-    """tapegrad or torch: the same code, parametrised by the module."""
+    """tapegrad, torch or torch.compile (the model compiled): the same code, parametrised by the module."""
 
-    def __init__(self, torch_like, variant, data):
+    def __init__(self, torch_like, variant, data, compile=False):
         x, y, init = data
         build = build_w5a if variant == "W5a" else build_w5b
         self.model, self.loss_fn, self.opt = build(torch_like, init)
+        self.forward = torch_like.compile(self.model) if compile else self.model
         self.x = torch_like.tensor(x, dtype=torch_like.float32)
         self.y = torch_like.tensor(y, dtype=torch_like.float32)
 
     def step(self):
-        return train_step(self.model, self.loss_fn, self.opt, self.x, self.y)
+        return train_step(self.forward, self.loss_fn, self.opt, self.x, self.y)
 
     def state(self):
         return {name: p.detach().numpy().copy() for name, p in self.model.named_parameters()}
@@ -168,8 +174,33 @@ class NumpyStep:
         return {k: v.copy() for k, v in self.p.items()}
 
 
-IMPLS = {"tapegrad": TorchLike, "torch": TorchLike, "numpy": NumpyStep}
-NOTES = {"numpy": "hand-written NumPy step"}
+def w5a_loss(xnp, p, x, y):
+    """W5a's loss as a pure function of the parameters (jax, HIPS autograd)."""
+    diff = x @ p["weight"].T + p["bias"] - y
+    return xnp.mean(diff * diff)
+
+
+def w5b_loss(xnp, p, x, y):
+    """W5b's loss as a pure function of the parameters."""
+    h = xnp.maximum(x @ p["fc1.weight"].T + p["fc1.bias"], 0.0)
+    diff = h @ p["fc2.weight"].T + p["fc2.bias"] - y
+    return xnp.mean(diff * diff)
+
+
+LOSSES = {"W5a": w5a_loss, "W5b": w5b_loss}
+
+
+def make_impl(peer, mod, variant, data):
+    if peer in ("jax", "autograd"):
+        x, y, init = data
+        return training_step(peer, mod, LOSSES[variant], init, x, y, LR)
+    if peer == "numpy":
+        return NumpyStep(mod, variant, data)
+    return TorchLike(mod, variant, data, compile=peer == "torch.compile")
+
+
+NOTES = {"numpy": "hand-written NumPy step", "torch.compile": "torch.compile(model)",
+         "jax": "jax.jit of the whole step", "autograd": "HIPS autograd + NumPy SGD"}
 
 
 def _tapegrad_nn_missing():
@@ -198,7 +229,7 @@ def run(ctx):
         tables.append(table)
         ref = summarize(TorchLike(ref_torch, variant, data)) if ref_torch is not None else None
         time_peers(ctx, table, variant, PEERS,
-                   lambda peer, mod, v=variant, d=data: IMPLS[peer](mod, v, d), ref, rtol=RTOL, atol=ATOL,
+                   lambda peer, mod, v=variant, d=data: make_impl(peer, mod, v, d), ref, rtol=RTOL, atol=ATOL,
                    notes=NOTES, skip=lambda peer: _tapegrad_nn_missing() if peer == "tapegrad" else None,
                    reps=ctx.reps(full=30, quick=10), warmup=ctx.warmup(20), number=steps_per_rep)
     return tables

@@ -48,8 +48,9 @@ class _Log:
     def add(self, kind, payload):
         self.events.append((kind, TAPE.next_index, payload))
 
-    def read(self, t, value):
-        self.add("read", (t, t._view_np(), value))
+    def read(self, t):
+        v = t._view_np()
+        self.add("read", (t, v, v.copy()))
 
     def no(self, why):
         if self.refuse is None:
@@ -108,10 +109,15 @@ class _Program:
         for kind, at, payload in log.events:
             if kind == "read":
                 t_, view, value = payload
-                if t_._addr not in outs or _producer_index(t, t_._addr) >= first:
-                    log.no("it reads a value (item(), bool(), tolist()) that the replay cannot check before "
+                made = _producer_index(t, t_._addr) if t_._addr in outs else -1
+                if made >= first or (made < 0 and at > first):
+                    log.no("it reads a value (item(), bool(), numpy()...) that the replay cannot check before "
                            "its backward or update")
                 self.reads.append((view, value))
+        # hooks run Python that a replay would skip: refuse the step if any can fire in it
+        self.slots = _leaf_slots(t)
+        if any(TAPE.hooks.get(g) for g in range(r0, r1)) or any(TAPE.leaf_hooks.get(s) for s in self.slots):
+            log.no("it uses backward hooks")
         self.first = first
         if any(o._addr not in outs for o in outputs):
             log.no("it returns a tensor the step did not compute")
@@ -159,7 +165,11 @@ class _Program:
         t.n = self.r1 - t.base
 
     def _reads_hold(self):
-        return all(view.tolist() == value for view, value in self.reads)
+        return all(np.array_equal(view, value, equal_nan=view.dtype.kind == "f") for view, value in self.reads)
+
+    def hooked(self):
+        """A leaf the step uses got a hook after the capture."""
+        return any(TAPE.leaf_hooks.get(s) for s in self.slots)
 
 
 def _producer_index(t, addr):
@@ -168,6 +178,23 @@ def _producer_index(t, addr):
     idx = np.flatnonzero(T[:, 2] == addr)
     del T, _
     return int(idx[-1]) + t.base if len(idx) else -1
+
+
+def _leaf_slots(t):
+    """The leaf gradient slots the rows of private tape t read."""
+    T, _ = t.cols()
+    try:
+        ops = T[:, 0] >> 5
+        jit = ops >= 2
+        codes = np.concatenate([T[jit, 5], T[jit, 6]])
+        slots = set((-codes[codes <= -2] - 2).tolist())
+        edges = t.edges
+        for i in np.flatnonzero(ops == 1).tolist():
+            e = int(T[i, 3])
+            slots.update(-p - 2 for p in edges[e + 1:e + 1 + edges[e]] if p <= -2)
+        return sorted(slots)
+    finally:
+        del T, _
 
 
 def _outside_producers(t, r0):
@@ -205,23 +232,35 @@ class CapturedStep:
                           stacklevel=3)
 
     def _key(self, args, kwargs):
+        """What must be equal for a program to replay: grad mode, the modules' train/eval state,
+        the tensor arguments' shapes and dtypes, the other arguments' types and values (None: an
+        argument that can't be a key, e.g. a list of tensors)."""
+        from .nn.module import MODE_EPOCH
         from .tensor import Tensor
-        parts = [_GRAD[0]]
+        parts = [_GRAD[0], MODE_EPOCH[0]]
         for a in list(args) + sorted(kwargs.items(), key=lambda kv: kv[0]):
             if isinstance(a, Tensor):
                 parts.append(("T", a._shape, a._dtype.name, a._rg))
             else:
                 try:
                     hash(a)
-                    parts.append(("V", a))
                 except TypeError:
-                    parts.append(("I", id(a)))
+                    return None
+                parts.append(("V", type(a).__name__, a))
         return tuple(parts)
 
     def __call__(self, *args, **kwargs):
         from .tensor import Tensor, tensor
         key = self._key(args, kwargs)
+        if key is None:
+            self._say("an argument is not hashable (a list of tensors?): pass tensors as positional arguments")
+            self.stats["eager"] += 1
+            return self.fn(*args, **kwargs)
         prog = self.programs.get(key)
+        if prog is not None and prog.hooked():
+            self._say("a leaf it uses has a backward hook now")
+            self.stats["eager"] += 1
+            return self.fn(*args, **kwargs)
         if prog is None:
             if self.programs.get(("refused",) + key):
                 self.stats["eager"] += 1
@@ -271,6 +310,11 @@ class CapturedStep:
             TAPE.capture = None
         r1 = TAPE.next_index
         self.stats["captured"] += 1
+        for (c, _), a in zip(inputs, [a for a in args if isinstance(a, Tensor)]):
+            if c._vc is not None and c._vc[0]:      # the step wrote to its argument in place
+                log.no("it writes to an argument in place")
+                a._values()[...] = c._view_np()     # as the eager call would have left it
+                a._version_counter()[0] += c._vc[0]
         if _random.DRAWS[0] != draws:
             log.no("it draws random numbers (dropout, randn...), which a replay would repeat")
         outs = _flatten(result, [])

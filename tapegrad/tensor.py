@@ -148,6 +148,8 @@ class Tensor:
         """Flush pending records, then the NumPy view."""
         if TAPE.flushed < TAPE.next_index:
             TAPE.flush()
+        if TAPE.capture is not None:
+            TAPE.capture.read(self)    # Python sees this value: a captured step's replay must check it
         return self._view_np()
 
     # ----- properties ----------------------------------------------------------
@@ -272,6 +274,8 @@ class Tensor:
             self._gradt = value
             return
         if value is None:
+            if TAPE.capture is not None:
+                TAPE.capture.add("call", lambda: setattr(self, "grad", None))
             s = self._slot
             if s >= 0:
                 if self._gradt is not None:
@@ -363,16 +367,10 @@ class Tensor:
     def item(self):
         if self._n != 1:
             raise RuntimeError(f"a Tensor with {self._n} elements cannot be converted to Scalar")
-        v = self._values().reshape(-1)[0].item()
-        if TAPE.capture is not None:
-            TAPE.capture.read(self, v)
-        return v
+        return self._values().reshape(-1)[0].item()
 
     def tolist(self):
-        v = self._values().tolist()
-        if TAPE.capture is not None:
-            TAPE.capture.read(self, v)
-        return v
+        return self._values().tolist()
 
     def __float__(self):
         if self._n != 1:

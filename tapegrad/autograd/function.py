@@ -184,49 +184,73 @@ def _call_backward(cls, ctx, grads, create_graph):
     return res
 
 
-def _all_grads(grads, all_outs, diff, materialize):
+def _all_grads(grads, kinds, materialize):
     """One gradient per forward output, as torch passes them: the differentiable outputs' own,
-    zeros for the other tensor outputs (None without materialize_grads), None for the rest."""
+    zeros for the other tensor outputs (None without materialize_grads), None for the rest.
+    kinds[i]: "diff", (shape, dtype) of another tensor output, or None."""
     T = _T()
     full = []
     it = iter(grads)
-    for i, o in enumerate(all_outs):
-        if i in diff:
+    for k in kinds:
+        if k == "diff":
             full.append(next(it))
-        elif isinstance(o, T.Tensor) and materialize:
-            full.append(T.zeros(o._shape, dtype=o._dtype))
+        elif k is not None and materialize:
+            full.append(T.zeros(k[0], dtype=k[1]))
         else:
             full.append(None)
     return full
 
 
 def _record_node(cls, ctx, args, tensor_args, node_out, outs, all_outs, diff):
-    """The escape record whose VJP is cls.backward."""
+    """The escape record whose VJP is cls.backward.
+    NOTE: its closures hold shapes and dtypes, never the output tensors: the tape keeps the
+    record, and an output kept alive through it would keep the record alive forever."""
     from ..ops.pyops import record
     T = _T()
     arg_pos = [i for i, a in enumerate(args) if isinstance(a, T.Tensor)]
+    in_meta = [(t._shape, t._dtype.np) for t in tensor_args]
     shapes = [o._shape for o in outs]
+    dts = [o._dtype for o in outs]
+    kinds = ["diff" if i in diff else ((o._shape, o._dtype) if isinstance(o, T.Tensor) else None)
+             for i, o in enumerate(all_outs)]
     sizes = np.cumsum([0] + [o._n for o in outs])
     name = cls.__name__ + "Backward"
+    multi = len(outs) > 1
 
     def split(gv):
-        return [gv.reshape(-1)[sizes[k]:sizes[k + 1]].reshape(shapes[k]) for k in range(len(outs))] \
-            if len(outs) > 1 else [gv]
+        return [gv.reshape(-1)[sizes[k]:sizes[k + 1]].reshape(shapes[k]) for k in range(len(shapes))] \
+            if multi else [gv]
 
     def bwd(g, o, *ivs):
-        grads = [T.tensor(np.array(x), dtype=out._dtype) for x, out in zip(split(g), outs)]
-        res = _call_backward(cls, ctx, _all_grads(grads, all_outs, diff, ctx.materialize_grads), False)
-        return [_to_np(res[p], t._shape, t._dtype.np, name, p) for p, t in zip(arg_pos, tensor_args)]
+        grads = [T.tensor(np.array(x), dtype=dt) for x, dt in zip(split(g), dts)]
+        res = _call_backward(cls, ctx, _all_grads(grads, kinds, ctx.materialize_grads), False)
+        return [_to_np(res[p], shape, npdt, name, p) for p, (shape, npdt) in zip(arg_pos, in_meta)]
 
     def tvjp(grad):
         """create_graph: cls.backward on gradients that carry history, its results as they are."""
-        gs = [grad] if len(outs) == 1 else [grad.reshape(-1)[int(sizes[k]):int(sizes[k + 1])].reshape(shapes[k])
-                                            for k in range(len(outs))]
-        res = _call_backward(cls, ctx, _all_grads(gs, all_outs, diff, ctx.materialize_grads), True)
+        gs = [grad] if not multi else [grad.reshape(-1)[int(sizes[k]):int(sizes[k + 1])].reshape(shapes[k])
+                                       for k in range(len(shapes))]
+        res = _call_backward(cls, ctx, _all_grads(gs, kinds, ctx.materialize_grads), True)
         return [res[p] for p in arg_pos]
 
     record(_spec(cls), node_out, tensor_args, lambda *ivs: None, bwd, attrs={"ctx": ctx, "tvjp": tvjp})
     ctx._record = node_out._rec
+    _unpin_saved_outputs(ctx, outs)
+
+
+def _unpin_saved_outputs(ctx, outs):
+    """A saved output becomes a tensor over the same storage and history that does not own the
+    record (torch's SavedVariable does the same to avoid the cycle node -> ctx -> output -> node)."""
+    saved = getattr(ctx, "_saved", ())
+    if not saved or not any(any(s is o for o in outs) for s in saved):
+        return
+    from ._higher import _alias
+    fixed = []
+    for s in saved:
+        if any(s is o for o in outs):
+            s = _alias(s._base, s._addr, s._shape, s._stride, s._dtype, s._rec)
+        fixed.append(s)
+    ctx._saved = tuple(fixed)
 
 
 def _record_output(node, out, off):

@@ -12,6 +12,8 @@ import operator
 import weakref
 
 from ..utils.hooks import RemovableHandle  # noqa: F401  (torch.utils.hooks.RemovableHandle)
+
+MODE_EPOCH = [0]   # bumped by every Module.train()/eval(): part of a captured step's key
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -560,6 +562,7 @@ class Module:
     def train(self, mode=True):
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
+        MODE_EPOCH[0] += 1    # tapegrad.capture: a step captured in another mode must not replay
         self.training = mode
         for module in self.children():
             module.train(mode)
@@ -575,8 +578,14 @@ class Module:
 
     def zero_grad(self, set_to_none=True):
         from ..tape.tape import TAPE
-        if TAPE.capture is not None:
-            TAPE.capture.add("call", lambda: self.zero_grad(set_to_none))
+        log = TAPE.capture
+        if log is not None:      # replayed as a whole (what it does inside is not logged again)
+            log.add("call", lambda: self.zero_grad(set_to_none))
+            TAPE.capture = None
+            try:
+                return self.zero_grad(set_to_none)
+            finally:
+                TAPE.capture = log
         for p in self.parameters():
             if p.grad is not None:
                 if set_to_none:

@@ -17,7 +17,7 @@ from .. import _dtype as D
 from ..autograd.grad_mode import _STATE as _GRAD
 from ..storage import byte_span
 from ..tape.tape import ROW, TAPE
-from .table import BY_OPCODE, OPS
+from .table import BY_OPCODE, OPS, OpSpec
 
 
 _TMOD = []
@@ -436,9 +436,8 @@ def getitem(x, idx):
         # NOTE: an all-integer index gives NumPy a scalar *copy*; a trailing Ellipsis keeps a 0-d view
         vidx = items if any(i is Ellipsis for i in items) else items + (Ellipsis,)
         return view_op(name, x, lambda v: v[vidx])
-    xv = x._values()
     try:
-        probe = xv[nidx]
+        probe = np.empty(x._shape, np.bool_)[nidx]     # the shape only (the values are read by the record)
     except IndexError as e:
         raise IndexError(_fix_msg(e, x.dim())) from None
     out = T._empty(tuple(probe.shape), x._dtype)
@@ -998,14 +997,38 @@ def _clamp_np(x, lo, hi):
 
 # ----- non-differentiable (computed at once, output never requires grad) -------------------
 
+_EAGER = OpSpec("eager", "py", "NotDifferentiable", mnemonic="eager")
+
+
 def eager(fn, *tensors, dtype=None):
-    """Flush, then compute `fn` over NumPy values into a new tensor."""
+    """`fn` over NumPy values into a new tensor, computed at once (comparisons, rounding, argmax...:
+    outputs of a data-independent shape that never require grad). The computation is also kept
+    as a no-grad record that has already run, so that a captured step (tapegrad.capture) replays it."""
     T = _T()
-    vals = [t._values() if isinstance(t, T.Tensor) else t for t in tensors]
-    r = np.asarray(fn(*vals))
+    if TAPE.flushed < TAPE.next_index:
+        TAPE.flush()
+    pos = [i for i, t in enumerate(tensors) if isinstance(t, T.Tensor)]
+    ts = [tensors[i] for i in pos]
+    consts = [None if isinstance(t, T.Tensor) else t for t in tensors]
+    r = np.asarray(fn(*[t._view_np() if isinstance(t, T.Tensor) else t for t in tensors]))
     if dtype is not None:
-        r = r.astype(dtype.np)
-    elif r.dtype == np.float64 and all(not isinstance(t, T.Tensor) or t._dtype is not D.float64 for t in tensors):
-        r = r.astype(np.float32)
-    t = T.tensor(r, dtype=D.from_numpy_dtype(r.dtype))
-    return t
+        npdt = dtype.np
+    elif r.dtype == np.float64 and all(t._dtype is not D.float64 for t in ts):
+        npdt = np.dtype(np.float32)
+    else:
+        npdt = r.dtype
+    out = T._empty(tuple(r.shape), D.from_numpy_dtype(np.dtype(npdt)))
+    if out._n:
+        out._view_np()[...] = r
+
+    def fwd(*ivs):
+        args = list(consts)
+        for k, i in enumerate(pos):
+            args[i] = ivs[k]
+        return np.asarray(fn(*args)).astype(npdt, copy=False)
+    at = TAPE.next_index
+    if TAPE.flushed == at:
+        record(_EAGER, out, ts, fwd, None)
+        if TAPE.flushed == at:
+            TAPE.flushed = TAPE.next_index     # it ran above
+    return out

@@ -291,8 +291,14 @@ class Optimizer:
 
     def zero_grad(self, set_to_none=True):
         """Reset the gradients: ``.grad = None`` (default), or zero them in place."""
-        if TAPE.capture is not None:
-            TAPE.capture.add("call", lambda: self.zero_grad(set_to_none))
+        log = TAPE.capture
+        if log is not None:      # replayed as a whole (what it does inside is not logged again)
+            log.add("call", lambda: self.zero_grad(set_to_none))
+            TAPE.capture = None
+            try:
+                return self.zero_grad(set_to_none)
+            finally:
+                TAPE.capture = log
         ls = TAPE.leaf_state
         if set_to_none:
             for group in self.param_groups:

@@ -18,6 +18,8 @@ _DT = {0: "f32", 1: "f64", 2: "i64", 3: "bool"}
 
 
 def _fmt_c(c):
+    if c != c or c in (float("inf"), float("-inf")):
+        return repr(float(c))
     return repr(float(c)) if c != int(c) or abs(c) >= 1e16 else f"{c:.1f}"
 
 

@@ -273,6 +273,14 @@ class Tape:
         if self.n == 0:
             return 0
         live, k, used = self.liveness()
+        for _ in range(8):
+            # NOTE: an escape record's closures may hold the tensors that keep earlier records alive
+            # (a custom Function's ctx holds its inputs): releasing a dead one can free more; go again
+            before = len(self.py)
+            self._release_dead(live)
+            if len(self.py) == before:
+                break
+            live, k, used = self.liveness()
         if self.leaf_hold:
             for slot in [s_ for s_ in self.leaf_hold if not used[s_]]:
                 del self.leaf_hold[slot]
@@ -433,6 +441,8 @@ class Tape:
 
     def renew_leaf_buffer(self, s):
         """Give slot s a fresh buffer (its old one was handed out as .grad)."""
+        if self.capture is not None:
+            self.capture.no("it sets .grad to None after reading .grad (the gradient's buffer moves)")
         root, addr = ARENA.alloc(self.leaf_nbytes[s])
         self.leaf_addr[s] = addr
         self.leaf_buf[s] = root
@@ -477,8 +487,6 @@ class Tape:
         if self.capture is not None and not self.busy:
             if leaves or only or capture:
                 self.capture.no("it calls autograd.grad or backward(inputs=...)")
-            elif self.hooks or self.leaf_hooks:
-                self.capture.no("it uses backward hooks")
             else:
                 self.capture.add("backward", (list(roots), list(seeds)))
         try:
