@@ -828,16 +828,17 @@ def test_loss_modules_match_functional(torch, reduction):
 
 def test_loss_grad_fn_names(torch):
     """l1_loss, and cross_entropy with probabilities for sum/none, are composites in torch too:
-    their names match. mse_loss (mean/sum) is one record named like torch's. The other fused
-    losses of torch (NllLossBackward0, BinaryCrossEntropy[WithLogits]Backward0) are composites
-    here; the names they end in are pinned below."""
+    their names match. mse_loss (mean/sum) and nll_loss (class indices, no class weights) are one
+    record each, named like torch's. The other fused losses of torch (weighted NllLossBackward0,
+    BinaryCrossEntropy[WithLogits]Backward0) are composites here; the names they end in are pinned
+    below."""
     expected = {
         ("l1", "mean"): "MeanBackward0", ("l1", "sum"): "SumBackward0", ("l1", "none"): "AbsBackward0",
         ("ce_prob", "sum"): "NegBackward0", ("ce_prob", "none"): "NegBackward0",
         ("mse", "mean"): "MseLossBackward0", ("mse", "sum"): "MseLossBackward0", ("mse", "none"): "PowBackward0",
-        ("ce", "mean"): "MeanBackward0", ("ce", "sum"): "SumBackward0", ("ce", "none"): "NegBackward0",
+        ("ce", "mean"): "NllLossBackward0", ("ce", "sum"): "NllLossBackward0", ("ce", "none"): "NllLossBackward0",
         ("ce_weight", "mean"): "DivBackward0", ("ce_prob", "mean"): "DivBackward0",
-        ("nll", "mean"): "MeanBackward0", ("bce", "mean"): "MeanBackward0", ("bce", "none"): "SubBackward0",
+        ("nll", "mean"): "NllLossBackward0", ("bce", "mean"): "MeanBackward0", ("bce", "none"): "SubBackward0",
         ("bce_logits", "mean"): "MeanBackward0", ("bce_logits", "none"): "AddBackward0",
     }
     for (case, red), name in expected.items():
@@ -845,7 +846,7 @@ def test_loss_grad_fn_names(torch):
         lg = fn(tg, TF, tg.tensor(arr, requires_grad=True), red)
         assert lg.grad_fn.name() == name, (case, red)
         lt = fn(torch, torch.nn.functional, torch.tensor(arr, requires_grad=True), red)
-        if case in ("l1", "ce_prob") and red != "mean" or case == "mse" and red != "none":
+        if case in ("l1", "ce_prob") and red != "mean" or case == "mse" and red != "none" or case in ("ce", "nll"):
             assert lt.grad_fn.name() == name
 
 

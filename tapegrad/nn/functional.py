@@ -17,6 +17,7 @@ import numpy as np
 from .. import _dtype as D
 from .. import functions as _F
 from ..ops import pyops as P
+from ..ops.table import OpSpec
 from ..random import generator
 from ..tensor import Tensor, tensor as _tensor
 
@@ -230,6 +231,8 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
                            f"weight tensor of shape: {list(weight.shape)}")
     if target.dtype is not D.int64:
         raise RuntimeError(f"expected target dtype to be Long or Byte, but got {_LONG[target.dtype.name]}")
+    if nd == 2 and weight is None and input.dtype.is_floating_point:
+        return _nll_2d(input, target, ignore_index, reduction, C)
     tv = np.asarray(target._values(), dtype=np.int64)
     ignored = tv == ignore_index
     bad = ~ignored & ((tv < 0) | (tv >= C))
@@ -256,6 +259,47 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     if reduction == "sum":
         return loss.sum()
     return loss.mean() if plain else loss.sum() / float(w.sum())
+
+
+# NOTE: one escape record (torch's NllLossBackward0), like mse_loss; it is not a row of the op table
+# because only this module makes it. The targets are read by the record when it runs, not when it is
+# made, so a captured training step replays it with each batch's labels.
+_NLL = OpSpec("nll_loss", "py", "NllLossBackward0", mnemonic="nll_loss")
+
+
+def _nll_picks(tv, ignore_index, C):
+    """(rows, kept classes, kept mask) of targets tv; torch's IndexError for a class out of range."""
+    ignored = tv == ignore_index
+    bad = ~ignored & ((tv < 0) | (tv >= C))
+    if bad.any():
+        raise IndexError(f"Target {tv[bad].flat[0]} is out of bounds.")
+    return np.arange(tv.shape[0]), np.where(ignored, 0, tv), ~ignored
+
+
+def _nll_2d(input, target, ignore_index, reduction, C):
+    """nll_loss of (N, C) log-probabilities and (N,) class indices, without class weights."""
+    from ..tape.tape import TAPE
+    if TAPE.capture is None:     # torch's error now, before anything is recorded (a capture checks at run time)
+        _nll_picks(np.asarray(target._values(), np.int64), ignore_index, C)
+    n = input.shape[0]
+    from ..tensor import _empty
+    out = _empty(() if reduction != "none" else (n,), input.dtype)
+
+    def fwd(xv, tv):
+        rows, cls, kept = _nll_picks(tv, ignore_index, C)
+        picked = np.where(kept, -xv[rows, cls], 0.0)
+        if reduction == "none":
+            return picked
+        s = picked.sum(dtype=np.float64)
+        return s / kept.sum() if reduction == "mean" else s
+
+    def bwd(g, o, xv, tv):
+        rows, cls, kept = _nll_picks(tv, ignore_index, C)
+        gx = np.zeros(xv.shape, xv.dtype)
+        scale = -g if reduction == "none" else (-g / kept.sum() if reduction == "mean" else -g)
+        gx[rows, cls] = np.where(kept, scale, 0.0)
+        return gx, None
+    return P.record(_NLL, out, [input, target], fwd, bwd, lin=True)
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
