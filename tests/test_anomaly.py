@@ -157,8 +157,6 @@ def test_warning_text_sqrt_example_lines():
     assert f'File "{__file__}", line {line}, in sqrt_times_zero\n    y = m.sqrt(x)' in msg
 
 
-@pytest.mark.xfail(strict=True, reason="torch's 'Error detected in ...' warning ends with ' (Triggered internally at "
-                   "/__w/pytorch/pytorch/torch/csrc/autograd/python_anomaly_mode.cpp:122.)'; tapegrad's does not")
 def test_warning_full_text():
     _, wa = run_recorded(lambda: sqrt_times_zero(tg))
     _, wb = run_recorded(lambda: sqrt_times_zero(torch))
@@ -300,8 +298,6 @@ def test_inf_gradient_is_not_an_anomaly():
     assert run(tg) == run(torch) == [True, True]
 
 
-@pytest.mark.xfail(strict=True, reason="anomaly mode: NumPy's 'RuntimeWarning: invalid value encountered in add' "
-                   "escapes from the backward of sqrt(x - x) (torch warns nothing but the 'enabled' warning)")
 def test_no_numpy_runtime_warnings_in_anomaly_mode():
     def run(m):
         x = m.tensor([1.0, 2.0], requires_grad=True)
@@ -311,17 +307,11 @@ def test_no_numpy_runtime_warnings_in_anomaly_mode():
     assert [w[:2] for w in wa] == [w[:2] for w in wb]
 
 
-@pytest.mark.xfail(strict=True, reason="anomaly mode: NumPy's 'RuntimeWarning: invalid value encountered in matmul' "
-                   "(twice) escapes from MmBackward0 before the anomaly warning; torch has only its two warnings")
 def test_no_numpy_runtime_warnings_before_the_anomaly_warning():
     (_, wa), (_, wb) = run_recorded(lambda: mm_then_sqrt(tg)), run_recorded(lambda: mm_then_sqrt(torch))
     assert [w[0] for w in wa] == [w[0] for w in wb]
 
 
-@pytest.mark.xfail(strict=True, reason="forward recorded outside anomaly mode, backward inside: torch warns 'Error "
-                   "detected in SqrtBackward0. No forward pass information available. Enable detect anomaly during "
-                   "forward pass for more information.'; tapegrad shows a traceback ending at the `with "
-                   "detect_anomaly()` line (the stack is taken when the pending records are flushed)")
 def test_forward_outside_anomaly_mode():
     def run(m):
         x = m.tensor([0.0, 1.0], requires_grad=True)

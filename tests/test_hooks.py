@@ -254,21 +254,15 @@ def test_hook_changing_the_size_raises():
         assert "has changed the size of value" in a[1]
 
 
-@pytest.mark.xfail(strict=True, reason="the error names the hook: torch \"hook 'bad_hook' has changed the size of "
-                   "value\", tapegrad \"hook 'hook' ...\"")
 def test_hook_size_error_names_the_hook():
     for leaf in (True, False):
         assert _named_hook(tg, leaf, "size") == _named_hook(torch, leaf, "size")
 
 
-@pytest.mark.xfail(strict=True, reason="a hook returning a float: torch TypeError \"expected Variable, but hook "
-                   "returned 'float'\", tapegrad RuntimeError 'has changed the size of value'")
 def test_hook_returning_non_tensor():
     assert _named_hook(tg, True, "float") == _named_hook(torch, True, "float")
 
 
-@pytest.mark.xfail(strict=True, reason="a hook changing the dtype: torch RuntimeError \"hook 'bad_hook' has changed "
-                   "the type of value (was torch.FloatTensor got torch.DoubleTensor)\", tapegrad casts silently")
 def test_hook_changing_the_dtype():
     assert _named_hook(tg, True, "dtype") == _named_hook(torch, True, "dtype")
 
@@ -319,10 +313,8 @@ def _escape(m):
 
 @pytest.mark.parametrize("make", [
     _jitted_1d,
-    pytest.param(_jitted_2d, marks=pytest.mark.xfail(strict=True, reason="node hooks of jitted ops on 2-D tensors "
-                 "receive flat grad_inputs / grad_outputs (shape [4]); torch gives [2, 2]")),
-    pytest.param(_with_sum, marks=pytest.mark.xfail(strict=True, reason="SumBackward0's grad_outputs in node hooks "
-                 "have shape [1]; torch gives a 0-d tensor")),
+    _jitted_2d,
+    _with_sum,
     _escape,
 ], ids=["jitted_1d", "jitted_2d", "sum", "escape_mm_view_index"])
 def test_node_hooks_observe_like_torch(make):
@@ -406,8 +398,6 @@ def test_node_hook_with_input_not_requiring_grad():
     assert run(tg) == run(torch)
 
 
-@pytest.mark.xfail(strict=True, reason="MulBackward0 of x * 2.0: torch's grad_inputs is (g, None) (the wrapped "
-                   "number is an input), tapegrad's is (g,)")
 def test_node_hook_mul_by_number_grad_inputs():
     def run(m):
         x = m.tensor([1.0, 2.0], requires_grad=True)
@@ -419,9 +409,6 @@ def test_node_hook_mul_by_number_grad_inputs():
     assert run(tg) == run(torch)
 
 
-@pytest.mark.xfail(strict=True, reason="a node hook returning the wrong number of values: torch RuntimeError \"hook "
-                   "'<lambda>' has returned an incorrect number of values (got 2, but expected 1)\"; tapegrad: "
-                   "IndexError for the post hook, nothing for the prehook")
 @pytest.mark.parametrize("kind", ["post", "pre"])
 def test_node_hook_wrong_number_of_values(kind):
     def run(m):

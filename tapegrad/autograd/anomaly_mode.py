@@ -25,13 +25,13 @@ def is_anomaly_check_nan_enabled():
 def _set(mode, check_nan):
     import sys
     _t = sys.modules[__name__.rsplit(".", 2)[0] + ".tensor"]   # (tapegrad.tensor the function shadows it)
+    if mode and not TAPE.anomaly_stacks:
+        TAPE.flush()      # records made before: no forward stack of theirs is known (torch says so)
     _STATE["enabled"], _STATE["check_nan"] = bool(mode), bool(check_nan)
     TAPE.anomaly_stacks = bool(mode)
     TAPE.detect_anomaly = bool(mode) and bool(check_nan)
     _t._FLUSH_BOUND = 0 if mode else config.FLUSH_BOUND   # every record runs as it is made
-    if mode:
-        TAPE.flush()
-    else:
+    if not mode:
         TAPE.anomaly.clear()
 
 

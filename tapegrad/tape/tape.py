@@ -90,12 +90,58 @@ def _tensor_of(arr):
     return from_numpy(arr)
 
 
-def _check_hook_result(r, like):
-    """The values of a hook's replacement gradient, which must match the gradient's shape."""
-    v = np.asarray(r._values() if hasattr(r, "_values") else r)
-    if v.size != like.size:
-        raise RuntimeError(f"hook 'hook' has changed the size of value")
-    return v.reshape(like.shape)
+_TTYPE = {"float32": "torch.FloatTensor", "float64": "torch.DoubleTensor", "int64": "torch.LongTensor",
+          "int32": "torch.IntTensor", "bool": "torch.BoolTensor"}
+
+
+def _check_hook_result(r, like, fn):
+    """The values of a hook's replacement gradient: a tensor of the gradient's shape and dtype
+    (torch's errors otherwise)."""
+    name = getattr(fn, "__name__", "hook")
+    if not hasattr(r, "_values"):
+        raise TypeError(f"expected Variable, but hook returned '{type(r).__name__}'")
+    v = np.asarray(r._values())
+    if v.dtype != like.dtype:
+        raise RuntimeError(f"hook '{name}' has changed the type of value (was {_TTYPE.get(like.dtype.name)} got "
+                           f"{_TTYPE.get(v.dtype.name)})")
+    if v.shape != like.shape:
+        if v.size != like.size:
+            raise RuntimeError(f"hook '{name}' has changed the size of value")
+        v = v.reshape(like.shape)     # a jitted record's flat buffer
+    return v
+
+
+def _hook_shape(g, shape):
+    """A jitted record's flat gradient g as a node hook sees it: the node's output shape when the
+    sizes agree, 0-d for a broadcast scalar."""
+    if shape is not None and g.size == int(np.prod(shape, dtype=np.int64)):
+        return g.reshape(shape)
+    return g.reshape(()) if g.size == 1 else g
+
+
+_NO_FORWARD = ("No forward pass information available. Enable detect anomaly during forward pass for more "
+               "information.")
+_TRIGGERED = " (Triggered internally at /__w/pytorch/pytorch/torch/csrc/autograd/python_anomaly_mode.cpp:122.)"
+
+
+def _hook_values(r, n, fn):
+    """A node hook's returned tuple, which must hold one value per gradient."""
+    r = tuple(r) if isinstance(r, (tuple, list)) else (r,)
+    if len(r) != n:
+        raise RuntimeError(f"hook '{getattr(fn, '__name__', 'hook')}' has returned an incorrect number of values "
+                           f"(got {len(r)}, but expected {n})")
+    return r
+
+
+class _Noop:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NOOP = _Noop()
 
 
 def _grad_fn_name(tape, i):
@@ -703,7 +749,7 @@ class Tape:
             for fn in list(self.leaf_hooks.get(s, {}).values()):
                 r = fn(_tensor_of(v.copy()))
                 if r is not None:
-                    v[...] = _check_hook_result(r, v)
+                    v[...] = _check_hook_result(r, v, fn)
             if leaves is not None and s in leaves:
                 continue        # autograd.grad reads it from there
             dst = self.leaf_view(s, t._shape, t._dtype.np)
@@ -875,15 +921,15 @@ class Tape:
         name = _grad_fn_name(self, i)
         pre = [h for h in hooks if h[0] in ("tensor", "pre")]
         post = [h for h in hooks if h[0] == "post"]
-        if pre:
-            for kind, fn, hshape in pre:
-                v = self._grad_view(P, i, hshape or shape, npdt)
-                arg = _tensor_of(v.copy())
-                r = fn(arg) if kind == "tensor" else fn((arg,))
-                if kind == "pre" and r is not None:
-                    r = r[0] if isinstance(r, (tuple, list)) else r
-                if r is not None:
-                    v[...] = _check_hook_result(r, v)
+        for kind, fn, hshape in pre:
+            v = self._grad_view(P, i, shape, npdt)
+            v = _hook_shape(v, hshape)
+            arg = _tensor_of(v.copy())
+            r = fn(arg) if kind == "tensor" else fn((arg,))
+            if kind == "pre" and r is not None:
+                r = _hook_values(r, 1, fn)[0]
+            if r is not None:
+                v[...] = _check_hook_result(r, v, fn)
         code = struct.unpack_from("<q", self.buf, i * ROW)[0]
         if not post and not self.detect_anomaly:
             if (code >> 5) == PY:
@@ -891,25 +937,36 @@ class Tape:
             else:
                 self._replay(P, i, i)
             return
-        grads = list(self._py_grads(P, i) if (code >> 5) == PY else self._jit_grads(P, i))
+        with np.errstate(all="ignore") if self.detect_anomaly else _NOOP:
+            grads = list(self._py_grads(P, i) if (code >> 5) == PY else self._jit_grads(P, i))
         if self.detect_anomaly:
             for j, gj in enumerate(grads):
                 if gj is not None and np.isnan(np.asarray(gj, np.float64)).any():
+                    import warnings
                     tb = self.anomaly.get(g)
-                    if tb is not None:
-                        import warnings
-                        warnings.warn(f"Error detected in {name}. Traceback of forward call that caused the "
-                                      f"error:\n" + "".join(traceback.format_list(tb)), UserWarning, stacklevel=2)
+                    where = ("Traceback of forward call that caused the error:\n" + "".join(traceback.format_list(tb))
+                             if tb is not None else _NO_FORWARD)
+                    warnings.warn(f"Error detected in {name}. {where}{_TRIGGERED}", UserWarning, stacklevel=2)
                     raise RuntimeError(f"Function '{name}' returned nan values in its {j}th output.")
         if post:
-            gout = (_tensor_of(self._grad_view(P, i, shape, npdt).copy()),)
+            hshape = post[0][2]
+            gout = (_tensor_of(_hook_shape(self._grad_view(P, i, shape, npdt), hshape).copy()),)
+            wrapped = (code >> 5) != PY and BY_OPCODE[code >> 5].name in ("add_scalar", "sub_scalar", "mul_scalar",
+                                                                          "div_scalar")
             for _, fn, _s in post:
-                gin = tuple(None if gj is None else _tensor_of(np.array(gj)) for gj in grads)
+                gin = tuple(None if gj is None else _tensor_of(_hook_shape(np.array(gj), hshape) if (code >> 5) != PY
+                                                               else np.array(gj)) for gj in grads)
+                if wrapped:
+                    gin = gin + (None,)    # torch: the wrapped Python number is the node's second input
                 r = fn(gin, gout)
                 if r is not None:
-                    grads = [None if x is None else np.asarray(_check_hook_result(x, np.asarray(grads[j])))
-                             for j, x in enumerate(r)]
-        self._accumulate(P, i, grads)
+                    r = _hook_values(r, len(gin), fn)
+                    grads = [None if x is None else
+                             _check_hook_result(x, _hook_shape(np.asarray(grads[j]), hshape), fn).reshape(
+                                 np.shape(grads[j]))
+                             for j, x in enumerate(r[:len(grads)])]
+        with np.errstate(all="ignore") if self.detect_anomaly else _NOOP:
+            self._accumulate(P, i, grads)
 
     def _check_versions(self, T, need, lo):
         """PyTorch's error for a saved value modified in place after it was saved."""
