@@ -11,6 +11,7 @@ import itertools
 import operator
 import weakref
 
+from ..tape.tape import replayed_whole
 from ..utils.hooks import RemovableHandle  # noqa: F401  (torch.utils.hooks.RemovableHandle)
 
 MODE_EPOCH = [0]   # bumped by every Module.train()/eval(): part of a captured step's key
@@ -576,16 +577,8 @@ class Module:
             p.requires_grad_(requires_grad)
         return self
 
+    @replayed_whole
     def zero_grad(self, set_to_none=True):
-        from ..tape.tape import TAPE
-        log = TAPE.capture
-        if log is not None:      # replayed as a whole (what it does inside is not logged again)
-            log.add("call", lambda: self.zero_grad(set_to_none))
-            TAPE.capture = None
-            try:
-                return self.zero_grad(set_to_none)
-            finally:
-                TAPE.capture = log
         for p in self.parameters():
             if p.grad is not None:
                 if set_to_none:

@@ -37,7 +37,7 @@ from ..autograd.grad_mode import enable_grad
 from ..functions import typename
 from ..kernels import optim as K
 from ..ops.pyops import inplace_span
-from ..tape.tape import TAPE
+from ..tape.tape import TAPE, replayed_whole
 from ..tensor import Tensor, tensor as _tensor, zeros as _zeros
 
 __all__ = ["Optimizer", "required"]
@@ -289,16 +289,9 @@ class Optimizer:
         self.param_groups.append(param_group)
         self._stale[0] = True
 
+    @replayed_whole
     def zero_grad(self, set_to_none=True):
         """Reset the gradients: ``.grad = None`` (default), or zero them in place."""
-        log = TAPE.capture
-        if log is not None:      # replayed as a whole (what it does inside is not logged again)
-            log.add("call", lambda: self.zero_grad(set_to_none))
-            TAPE.capture = None
-            try:
-                return self.zero_grad(set_to_none)
-            finally:
-                TAPE.capture = log
         ls = TAPE.leaf_state
         if set_to_none:
             for group in self.param_groups:

@@ -1017,6 +1017,25 @@ class Tape:
                             f"torch.autograd.set_detect_anomaly(True, check_nan=False).")
 
 
+def replayed_whole(method):
+    """A method that a captured step (tapegrad.capture) replays by calling it again, as a whole:
+    what it does inside is not logged (zero_grad)."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        log = TAPE.capture
+        if log is None:
+            return method(self, *args, **kwargs)
+        log.add("call", lambda: method(self, *args, **kwargs))
+        TAPE.capture = None
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            TAPE.capture = log
+    return wrapper
+
+
 TAPE = Tape()
 ARENA.retire = TAPE.keep_alive
 ARENA.adopt = TAPE.keep_alive
