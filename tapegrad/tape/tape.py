@@ -758,15 +758,7 @@ class Tape:
                 self.leaf_state[s] = 1
             else:
                 dst[...] += v
-        n = min(len(self.leaf_state), len(P.la))
-        if n and len(self.leaf_state):
-            inplace = P.la[:n] != 0
-            if P.off is not None:
-                inplace[:len(P.off)] &= ~P.off[:n]
-            for s in P.bufs:
-                inplace[s] = False
-            for s in np.flatnonzero(inplace & (P.ls[:n] != np.frombuffer(self.leaf_state, np.int8)[:n])):
-                self.leaf_state[int(s)] = int(P.ls[s])
+        self._sync_leaves(P, out=True)
 
     def _sync_leaves(self, P, out):
         """The pass's private leaf states of the slots it writes in place go to the tape (out) or
@@ -776,9 +768,9 @@ class Tape:
             return
         real = np.frombuffer(self.leaf_state, np.int8)
         try:
-            inplace = P.la[:n] != 0
+            inplace = P.la[:n] != 0     # neither collected aside (bufs) nor disabled (off)
             if P.off is not None:
-                inplace[:len(P.off)] &= ~P.off[:n]
+                inplace &= ~P.off[:n]
             for s in P.bufs:
                 if s < n:
                     inplace[s] = False
