@@ -122,6 +122,7 @@ class _Program:
         if any(o._addr not in outs for o in outputs):
             log.no("it returns a tensor the step did not compute")
         t.inputs_cache = {}
+        t.frozen = t.cols()
         self.events = [(k, at, (p[0], p[1], t.plan_backward(p[0])) if k == "backward" else p)
                        for k, at, p in log.events if k != "read"]
         if _outside_producers(t, r0):

@@ -81,7 +81,10 @@ class PyRec:
 
 class _Pass:
     """The state of one backward pass (Note [backward passes])."""
-    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs", "off", "dummy")
+    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs", "off", "dummy", "views")
+
+    def __init__(self):
+        self.views = None           # a planned backward keeps its gradient views here
 
 
 def _tensor_of(arr):
@@ -177,6 +180,7 @@ class Tape:
         self.hold_rows = 0         # a step is being captured (no sweep: its rows are copied at the end)
         self.capture = None        # tapegrad.capture's log while a step is captured
         self.inputs_cache = None   # a captured step's private tape: physical index -> inputs_of
+        self.frozen = None         # a captured step's private tape: its (T, C) views, made once
         self._pass = None          # the innermost running pass
         self._scratch = None       # its gradient scratch (TAPEGRAD_DEBUG checks addresses in it)
         # leaf gradient slots
@@ -261,6 +265,9 @@ class Tape:
 
     # ----- forward -----------------------------------------------------------
     def cols(self):
+        f = self.frozen
+        if f is not None:               # a captured step's rows never grow: its views are made once
+            return (f[0], f[1]) if f[0].shape[0] == self.n else (f[0][:self.n], f[1][:self.n])
         m = memoryview(self.buf)[:self.n * ROW]
         return np.frombuffer(m, np.int64).reshape(-1, NCOL), np.frombuffer(m, np.float64).reshape(-1, NCOL)
 
@@ -679,6 +686,7 @@ class Tape:
         P.gaddr[idx] = P.saddr + need[idx] - 1
         P.bufs = {}
         P.off = None
+        P.views = {}
         return P
 
     def run_plan(self, P, roots, seeds):
@@ -784,6 +792,17 @@ class Tape:
     def _grad_view(self, P, i, shape, npdt):
         """The gradient buffer of physical record i in pass P, a view into the scratch bytes
         (slicing the scratch array: ~3x cheaper than np.ndarray(buffer=...))."""
+        views = P.views
+        if views is not None:       # a planned backward: its scratch never moves, views are kept
+            key = (i, shape, npdt)
+            v = views.get(key)
+            if v is None:
+                v = views[key] = self._grad_view_new(P, i, shape, npdt)
+            return v
+        return self._grad_view_new(P, i, shape, npdt)
+
+    @staticmethod
+    def _grad_view_new(P, i, shape, npdt):
         npdt = np.dtype(npdt)
         n = 1
         for d in shape:
@@ -822,6 +841,15 @@ class Tape:
 
     def out_of(self, i):
         """(shape, NumPy dtype) of physical record i's output (flat for a jitted record)."""
+        c = self.inputs_cache
+        if c is not None:
+            r = c.get(("out", i))
+            if r is None:
+                r = c[("out", i)] = self._out_of(i)
+            return r
+        return self._out_of(i)
+
+    def _out_of(self, i):
         code, n = struct.unpack_from("<2q", self.buf, i * ROW)
         if (code >> 5) == PY:
             return self.py[i + self.base].out
