@@ -170,6 +170,7 @@ class Tape:
         self._saddr = 0            # its address during a backward
         self.inplace_log = []      # (lo, hi, record index, version counter, shape, dtype) of in-place writes
         self._log_prune_at = 32    # log length that triggers prune_inplace_log
+        self._nothing_saved_at = -1  # tape length at a prune that found no saving record alive
         self.retained = {}         # global index -> tensor whose grad is retained
         self.anomaly = {}          # global index -> forward stack of the record (anomaly mode)
         self.detect_anomaly = False   # anomaly mode with NaN checks: backward runs record by record
@@ -363,6 +364,8 @@ class Tape:
         """Log in-place writes, ``(lo, hi, version counter, shape, dtype name)`` each,
         as happening before the next record."""
         at = self.next_index
+        if self._nothing_saved_at == at:
+            return    # no record since a prune found none that could be hit (a captured step's updates)
         self.inplace_log.extend([(lo, hi, at, vc, shape, dtname) for lo, hi, vc, shape, dtname in spans])
         if len(self.inplace_log) >= self._log_prune_at:
             self.prune_inplace_log()
@@ -378,6 +381,8 @@ class Tape:
         """Drop in-place log entries that no later backward can hit (one liveness pass)."""
         log = self.inplace_log
         keep = []
+        if not self.n:
+            self._nothing_saved_at = self.next_index
         if self.n and log:
             live, _, _ = self.liveness()
             T, _ = self.cols()
@@ -388,6 +393,7 @@ class Tape:
             pyidx = np.flatnonzero((live != 0) & (ops == PY) & ((codes & 16) == 0))
             rows = T[idx]   # a copy
             del T, codes, ops
+            self._nothing_saved_at = self.next_index if not len(idx) and not len(pyidx) else -1
             py_hit = set()
             for i in pyidx:
                 g = self.base + int(i)
