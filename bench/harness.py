@@ -428,12 +428,36 @@ def first_call(fn):
 
 def note_first_call(row, peer, seconds):
     """Keep the first call's time in ``row.extra`` (``first_call_s``; ``compile_s`` too for the
-    compiling peers, whose note then shows it: their compile time is reported apart)."""
+    compiling peers, whose note then shows it: their compile time is reported apart; the
+    ``tapegrad.capture`` peer's capturing call, ``capture_s``, ran before and is noted alike)."""
     row.extra["first_call_s"] = seconds
+    if "capture_s" in row.extra and row.status == "ok":     # tapegrad.capture: the capturing call
+        row.note = (f"{row.note}; " if row.note else "") + f"capture (first call) {fmt_time(row.extra['capture_s'])}"
     if peer in COMPILING:
         row.extra["compile_s"] = seconds
         if row.status == "ok":
             row.note = (f"{row.note}; " if row.note else "") + f"compile (first call) {fmt_time(seconds)}"
+
+
+def audit_row(ctx, where, peer, row, impl, when):
+    """``impl.audit()`` (the ``tapegrad.capture`` peer: did every call replay?), when the
+    implementation has one: its problems make the row ``FAILED`` (a failure, loud);
+    ``impl.extra``, when it has one, goes into ``row.extra``."""
+    audit = getattr(impl, "audit", None)
+    bad = audit() if audit is not None else []
+    row.extra.update(getattr(impl, "extra", {}))
+    if bad:
+        msg = f"{where}: {peer} {when}: " + "; ".join(bad)
+        loud(msg)
+        ctx.fail(where, peer, msg)
+        row.status = "FAILED"
+        row.note = (f"{row.note}; " if row.note else "") + f"{when}: " + "; ".join(bad)[:200]
+    return row
+
+
+def skip_reason(impl):
+    """Why an implementation that was built must not be timed (``impl.skip_reason``), else None."""
+    return getattr(impl, "skip_reason", None)
 
 
 def time_peers(ctx, table, where, peers, make_impl, ref, *, rtol=None, atol=0.0, check=None, notes=None,
@@ -445,7 +469,10 @@ def time_peers(ctx, table, where, peers, make_impl, ref, *, rtol=None, atol=0.0,
     implementation is either a training step (``.step()`` returns the loss,
     ``.state()`` the parameters) or has ``.summary(step_result)``; its
     ``.zero()``, when it has one, runs untimed before every call.
-    ``skip(peer)`` may return a reason to skip a peer. ``checksum`` names the
+    ``skip(peer)`` may return a reason to skip a peer, and so may the built
+    implementation (``impl.skip_reason``); ``impl.extra`` goes into the row's
+    ``extra``; ``impl.audit()``, when it exists, runs after the cross-check
+    and after timing (``audit_row``). ``checksum`` names the
     row's ``extra["check"]`` entry holding the sum of all non-loss values;
     ``ref_name`` is what a mismatch says ``ref`` came from."""
     for peer in peers:
@@ -461,9 +488,14 @@ def time_peers(ctx, table, where, peers, make_impl, ref, *, rtol=None, atol=0.0,
             continue
         try:
             impl = make_impl(peer, mod)
+            why = skip_reason(impl)
+            if why:
+                table.rows.append(Row(peer, status="skipped", note=why))
+                continue
             got, first_s = first_call(lambda: summarize(impl))
             row = (check(where, peer, got) if check is not None
                    else checked_row(ctx, where, peer, got, ref, rtol=rtol, atol=atol, ref_name=ref_name))
+            audit_row(ctx, where, peer, row, impl, "after the cross-check")
             row.extra["check"] = {"loss": got["loss"],
                                   checksum: float(sum(np.sum(v, dtype=np.float64)
                                                       for k, v in got.items() if k != "loss"))}
@@ -472,6 +504,7 @@ def time_peers(ctx, table, where, peers, make_impl, ref, *, rtol=None, atol=0.0,
             note_first_call(row, peer, first_s)
             row.times = measure(lambda _: impl.step(), setup=getattr(impl, "zero", None), warmup=warmup,
                                 reps=reps, number=number, max_seconds=ctx.max_seconds)
+            audit_row(ctx, where, peer, row, impl, "after timing")
             table.rows.append(row)
         except Exception as exc:  # noqa: BLE001 - report, keep the suite running
             table.rows.append(error_row(ctx, where, peer, exc))

@@ -1,6 +1,8 @@
 """Import the peers a run asked for, each only when it is importable.
 
-Peers: ``tapegrad`` (the subject), ``torch`` (eager), ``torch.compile``
+Peers: ``tapegrad`` (the subject), ``tapegrad.capture`` (the same step under
+``tapegrad.capture``, recorded once and replayed; the module is tapegrad, see
+``captured.py``), ``torch`` (eager), ``torch.compile``
 (the module is torch; the workloads compile their model or loss function),
 ``micrograd`` (W1), ``numpy`` (hand-written forward+backward, the no-autograd
 floor), ``njit`` (hand-written Numba loops, the compiled floor), ``jax``
@@ -16,7 +18,7 @@ import importlib
 import math
 import sys
 
-ALL = ("tapegrad", "torch", "torch.compile", "micrograd", "numpy", "njit", "jax", "autograd")
+ALL = ("tapegrad", "tapegrad.capture", "torch", "torch.compile", "micrograd", "numpy", "njit", "jax", "autograd")
 #: peers whose first call traces and compiles: its time is reported apart (``harness.note_first_call``)
 COMPILING = ("torch.compile", "jax")
 NOT_INSTALLED = "skipped (not installed)"
@@ -27,6 +29,13 @@ def _load_tapegrad():
     missing = [a for a in ("tensor", "tanh", "sin", "exp", "no_grad", "float32") if not hasattr(tg, a)]
     if missing:
         raise AttributeError(f"tapegrad has no attribute {', '.join(missing)} (package not ready?)")
+    return tg
+
+
+def _load_tapegrad_capture():
+    tg = _load_tapegrad()
+    if not hasattr(tg, "capture"):
+        raise ImportError("tapegrad has no capture")
     return tg
 
 
@@ -74,6 +83,7 @@ def _load_autograd():
 
 _LOADERS = {
     "tapegrad": _load_tapegrad,
+    "tapegrad.capture": _load_tapegrad_capture,
     "torch": lambda: importlib.import_module("torch"),
     "torch.compile": _load_torch_compile,
     "jax": _load_jax,

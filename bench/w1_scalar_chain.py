@@ -11,6 +11,8 @@ N times (3N records); backward from h. Two tables:
   tapegrad has run the forward), and only ``h.backward()`` is timed.
 
 Peers: tapegrad and torch (one function, ``chain_forward(torch_like, …)``),
+tapegrad.capture (the same chain and backward as one step under
+``tapegrad.capture``, replayed; forward+backward table only),
 micrograd (``tanh`` added as in the lecture), jax (``jax.jit`` of
 ``value_and_grad`` of the same ``chain_forward`` over ``jax.numpy``, every
 leaf a scalar, the loop unrolled when traced; its compile time, tens of
@@ -25,13 +27,14 @@ import math
 
 import numpy as np
 
+from . import captured
 from .functional import GradCall
-from .harness import (Row, Table, checked_row, error_row, first_call, measure, note_first_call, summarize,
-                      unavailable_row)
+from .harness import (Row, Table, audit_row, checked_row, error_row, first_call, measure, note_first_call,
+                      skip_reason, summarize, unavailable_row)
 
 ID = "W1"
 TITLE = "scalar chain"
-PEERS = ("tapegrad", "torch", "micrograd", "numpy", "njit", "jax", "autograd")
+PEERS = ("tapegrad", captured.PEER, "torch", "micrograd", "numpy", "njit", "jax", "autograd")
 RTOL = 1e-4
 
 
@@ -85,6 +88,27 @@ class TorchLike:
 
     def summary(self, h):
         return {"h": float(h.item()), "grad_sum": sum(float(l.grad.item()) for l in self.leaves)}
+
+
+class Captured(TorchLike):
+    """tapegrad: the same chain and backward as one step under ``tapegrad.capture`` (the leaves
+    in its closure; gradients accumulate into them as in eager, ``zero()`` resets them outside)."""
+
+    no_backward_only = "skipped: a captured step is the whole forward+backward"
+
+    def __init__(self, tg, data):
+        super().__init__(tg, data)
+
+        def chain_step():
+            h = chain_forward(self.tl, self.x, self.w, self.b)
+            h.backward()
+            return h
+
+        self.cap = captured.Replayed(tg, chain_step, reset=self.zero)
+        self.skip_reason, self.extra, self.audit = self.cap.skip_reason, self.cap.extra, self.cap.audit
+
+    def step(self):
+        return self.cap()
 
 
 class Micrograd:
@@ -245,13 +269,13 @@ class Functional(GradCall):
         return {"h": float(h), "grad_sum": sum(float(np.asarray(g, dtype=np.float64).sum()) for g in grads)}
 
 
-IMPLS = {"tapegrad": TorchLike, "torch": TorchLike, "micrograd": Micrograd,
+IMPLS = {"tapegrad": TorchLike, captured.PEER: Captured, "torch": TorchLike, "micrograd": Micrograd,
          "numpy": PythonLoop, "njit": NjitLoop,
          "jax": lambda mod, data: Functional(mod, data, "jax"),
          "autograd": lambda mod, data: Functional(mod, data, "autograd")}
 NOTES = {"numpy": "hand-written Python loop", "njit": "hand-written @njit loops",
          "micrograd": "float64 Python floats", "jax": "jax.jit(value_and_grad), loop unrolled",
-         "autograd": "HIPS autograd"}
+         "autograd": "HIPS autograd", captured.PEER: captured.NOTE}
 
 
 def run(ctx):
@@ -282,15 +306,22 @@ def run(ctx):
         where = f"{ID} (N={n})"
         try:
             impl = IMPLS[peer](mod, data)
+            why = skip_reason(impl)
+            if why:
+                for t in (t_both, t_bwd):
+                    t.rows.append(Row(peer, status="skipped", note=why))
+                continue
             got, first_s = first_call(lambda: summarize(impl))
             row = checked_row(ctx, where, peer, got, ref, rtol=RTOL)
             row.extra["check"] = got
+            audit_row(ctx, where, peer, row, impl, "after the cross-check")
             if peer in NOTES and row.status == "ok" and not row.note:
                 row.note = NOTES[peer]
             note_first_call(row, peer, first_s)
             t_both.rows.append(row)
             row.times = measure(lambda _: impl.step(), setup=lambda: impl.zero(),
                                 warmup=ctx.warmup(2), reps=reps_both, max_seconds=ctx.max_seconds)
+            audit_row(ctx, where, peer, row, impl, "after timing")
         except Exception as exc:  # noqa: BLE001 - report, keep the suite running
             t_both.rows.append(error_row(ctx, f"{where} forward+backward", peer, exc))
             t_bwd.rows.append(Row(peer, status="ERROR", note="see forward+backward"))

@@ -2,7 +2,9 @@
 
 One training step is ``zero_grad(); loss = cross_entropy(model(x), y);
 loss.backward(); step(); loss.item()``: matmuls plus small tensors, a real
-training step (see ``shared/BENCHMARKS.md``). Peers: tapegrad, torch eager
+training step (see ``shared/BENCHMARKS.md``). Peers: tapegrad,
+tapegrad.capture (the same step under ``tapegrad.capture``, the batch as its
+arguments, replayed), torch eager
 and ``torch.compile`` (the same code, ``TorchLike``; torch.compile compiles
 the model, the loss, backward and SGD step stay as they are), jax (the whole
 step under ``jax.jit``) and HIPS autograd (``mlp_loss``, written once over
@@ -13,13 +15,14 @@ against torch's before it is timed.
 """
 import numpy as np
 
+from . import captured
 from .functional import training_step
 from .harness import Table, summarize, time_peers
-from .w5_article_loops import NOTES, _tapegrad_nn_missing
+from .w5_article_loops import NOTES, _tapegrad_nn_missing, reset_params
 
 ID = "W2"
 TITLE = "MLP 784-256-256-10 training step"
-PEERS = ("tapegrad", "torch", "torch.compile", "numpy", "jax", "autograd")
+PEERS = ("tapegrad", captured.PEER, "torch", "torch.compile", "numpy", "jax", "autograd")
 RTOL, ATOL = 1e-4, 1e-5
 LR = 0.01
 BATCH = 128
@@ -60,15 +63,38 @@ class TorchLike:
         self.x = torch_like.tensor(x)
         self.y = torch_like.tensor(y)
 
-    def step(self):
+    def train_step(self, x, y):
+        """The step, returning the loss tensor."""
         self.opt.zero_grad()
-        loss = self.loss_fn(self.forward(self.x), self.y)
+        loss = self.loss_fn(self.forward(x), y)
         loss.backward()
         self.opt.step()
-        return loss.item()
+        return loss
+
+    def step(self):
+        return self.train_step(self.x, self.y).item()
 
     def state(self):
         return {name: p.detach().numpy().copy() for name, p in self.model.named_parameters()}
+
+
+class Captured(TorchLike):
+    """tapegrad: the same ``train_step`` under ``tapegrad.capture``, the batch as its arguments
+    (cross-entropy's record reads the labels when it runs, so new batches replay too)."""
+
+    def __init__(self, tg, data, sizes=SIZES):
+        super().__init__(tg, data, sizes)
+        init = data[2]
+
+        def train_step(x, y):
+            return TorchLike.train_step(self, x, y)
+
+        self.cap = captured.Replayed(tg, train_step, (self.x, self.y),
+                                     reset=lambda: reset_params(tg, self.model, init))
+        self.skip_reason, self.extra, self.audit = self.cap.skip_reason, self.cap.extra, self.cap.audit
+
+    def step(self):
+        return self.cap().item()
 
 
 class NumpyStep:
@@ -132,8 +158,11 @@ def make_impl(peer, mod, data, sizes):
         return training_step(peer, mod, mlp_loss, init, x, y, LR)
     if peer == "numpy":
         return NumpyStep(mod, data, sizes)
+    if peer == captured.PEER:
+        return Captured(mod, data, sizes)
     return TorchLike(mod, data, sizes, compile=peer == "torch.compile")
 
+W2_NOTES = {**NOTES, captured.PEER: captured.NOTE}
 
 
 def run(ctx):
@@ -144,6 +173,6 @@ def run(ctx):
     ref_torch = ctx.peers.reference_torch()
     ref = summarize(TorchLike(ref_torch, data, sizes)) if ref_torch is not None else None
     time_peers(ctx, table, ID, PEERS, lambda peer, mod: make_impl(peer, mod, data, sizes), ref, rtol=RTOL,
-               atol=ATOL, notes=NOTES, skip=lambda peer: _tapegrad_nn_missing() if peer == "tapegrad" else None,
+               atol=ATOL, notes=W2_NOTES, skip=lambda peer: _tapegrad_nn_missing() if peer.startswith("tapegrad") else None,
                reps=ctx.reps(full=30, quick=10), warmup=ctx.warmup(5))
     return [table]

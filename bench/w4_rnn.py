@@ -8,8 +8,9 @@ W_hh.T + b)`` for every step; loss = sum(h_T²); one call is the forward, the
 backward and the gradient of all three parameters (``.grad = None`` between
 calls, untimed; a torch-like peer ends with ``loss.item()``).
 
-Peers: tapegrad, torch eager and ``torch.compile`` (one function,
-``rnn_loss(torch_like, …)``; torch.compile compiles it, the Python loop
+Peers: tapegrad, tapegrad.capture (the same forward and backward as one step
+under ``tapegrad.capture``, h_0 and the x_t its arguments, replayed), torch
+eager and ``torch.compile`` (one function, ``rnn_loss(torch_like, …)``; torch.compile compiles it, the Python loop
 unrolled), jax (``jax.jit`` of ``value_and_grad`` of the loop as
 ``lax.scan``, ``rnn_loss_scan``), HIPS autograd (``rnn_loss`` over
 ``autograd.numpy``), and a hand-written NumPy BPTT (the floor: the input
@@ -20,12 +21,13 @@ gradient element); the JSON keeps each peer's gradient checksum.
 """
 import numpy as np
 
+from . import captured
 from .functional import GradCall
 from .harness import Table, summarize, time_peers
 
 ID = "W4"
 TITLE = "tanh RNN cell, BPTT"
-PEERS = ("tapegrad", "torch", "torch.compile", "numpy", "jax", "autograd")
+PEERS = ("tapegrad", captured.PEER, "torch", "torch.compile", "numpy", "jax", "autograd")
 PARAMS = ("W_ih", "W_hh", "b")
 SIZES = {"input": 32, "hidden": 64, "batch": 16, "steps": 100}
 SMOKE_SIZES = {"input": 8, "hidden": 16, "batch": 4, "steps": 10}
@@ -92,6 +94,26 @@ class TorchLike:
         return {name: p.grad.detach().numpy().copy() for name, p in zip(PARAMS, self.params)}
 
 
+class Captured(TorchLike):
+    """tapegrad: the same ``rnn_loss`` and ``loss.backward()`` as one step under ``tapegrad.capture``,
+    h_0 and the inputs x_t its arguments, the parameters in its closure (``zero()`` resets their
+    gradients outside the captured call); ``loss.item()`` is read outside it."""
+
+    def __init__(self, tg, data):
+        super().__init__(tg, data)
+
+        def bptt_step(h0, *xs):
+            loss = rnn_loss(tg, *self.params, xs, h0)
+            loss.backward()
+            return loss
+
+        self.cap = captured.Replayed(tg, bptt_step, (self.h0, *self.xs), reset=self.zero)
+        self.skip_reason, self.extra, self.audit = self.cap.skip_reason, self.cap.extra, self.cap.audit
+
+    def step(self):
+        return self.cap().item()
+
+
 class NumpyBPTT:
     """Hand-written forward and backpropagation through time (float32; float64 for the reference)."""
 
@@ -147,11 +169,13 @@ def make_impl(peer, mod, data):
         return Functional(peer, mod, data)
     if peer == "numpy":
         return NumpyBPTT(mod, data)
+    if peer == captured.PEER:
+        return Captured(mod, data)
     return TorchLike(mod, data, compile=peer == "torch.compile")
 
 
 NOTES = {"numpy": "hand-written NumPy BPTT", "torch.compile": "torch.compile(rnn_loss), loop unrolled",
-         "jax": "jax.jit(value_and_grad), lax.scan", "autograd": "HIPS autograd"}
+         "jax": "jax.jit(value_and_grad), lax.scan", "autograd": "HIPS autograd", captured.PEER: captured.NOTE}
 
 
 def run(ctx):

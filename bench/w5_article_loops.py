@@ -12,8 +12,9 @@ step(); loss.item()`` (the ``item()`` is the logging a real loop does; it
 also makes a lazy engine finish the step). Each repetition times a block of
 steps and reports the time per step.
 
-Peers: tapegrad, torch eager and ``torch.compile`` (the same code,
-``build_w5a/b(torch_like, …)``; torch.compile compiles the model, the loop
+Peers: tapegrad, tapegrad.capture (the same step, ``step_loss``, under
+``tapegrad.capture``, the batch as its arguments, replayed), torch eager and
+``torch.compile`` (the same code, ``build_w5a/b(torch_like, …)``; torch.compile compiles the model, the loop
 around it is the article's), jax (the whole step, SGD update included, under
 ``jax.jit``) and HIPS autograd (the loss written once as a pure function,
 ``LOSSES``, see ``functional.py``), and a hand-written NumPy step. Before
@@ -26,12 +27,13 @@ import importlib
 
 import numpy as np
 
+from . import captured
 from .functional import training_step
 from .harness import Table, summarize, time_peers
 
 ID = "W5"
 TITLE = "the articles' training loops (W5a, W5b)"
-PEERS = ("tapegrad", "torch", "torch.compile", "numpy", "jax", "autograd")
+PEERS = ("tapegrad", captured.PEER, "torch", "torch.compile", "numpy", "jax", "autograd")
 RTOL, ATOL = 1e-4, 1e-6
 LR = 0.01
 BATCH = 100
@@ -75,14 +77,26 @@ def build_w5b(torch_like, init):
     return net, nn.MSELoss(), torch_like.optim.SGD(net.parameters(), lr=LR)
 
 
-def train_step(model, loss_fn, optimizer, inputs, labels):
-    """One step of the articles' loop."""
+def step_loss(model, loss_fn, optimizer, inputs, labels):
+    """One step of the articles' loop, returning the loss tensor (what ``tapegrad.capture`` records)."""
     optimizer.zero_grad()
     outputs = model(inputs)
     loss = loss_fn(outputs, labels)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    return loss
+
+
+def train_step(model, loss_fn, optimizer, inputs, labels):
+    """One step of the articles' loop, with its logging read."""
+    return step_loss(model, loss_fn, optimizer, inputs, labels).item()
+
+
+def reset_params(torch_like, model, init):
+    """Put every parameter back to ``init[name]``, in place (the captured peers, after their probe)."""
+    with torch_like.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch_like.tensor(init[name], dtype=torch_like.float32))
 
 
 # ----- data -----------------------------------------------------------------------
@@ -124,6 +138,25 @@ class TorchLike:
 
     def state(self):
         return {name: p.detach().numpy().copy() for name, p in self.model.named_parameters()}
+
+
+class Captured(TorchLike):
+    """tapegrad: the same step (``step_loss``) under ``tapegrad.capture``, the batch as its arguments;
+    the loss is read outside the captured call."""
+
+    def __init__(self, tg, variant, data):
+        super().__init__(tg, variant, data)
+        init = data[2]
+
+        def article_step(inputs, labels):
+            return step_loss(self.forward, self.loss_fn, self.opt, inputs, labels)
+
+        self.cap = captured.Replayed(tg, article_step, (self.x, self.y),
+                                     reset=lambda: reset_params(tg, self.model, init))
+        self.skip_reason, self.extra, self.audit = self.cap.skip_reason, self.cap.extra, self.cap.audit
+
+    def step(self):
+        return self.cap().item()
 
 
 class NumpyStep:
@@ -196,11 +229,14 @@ def make_impl(peer, mod, variant, data):
         return training_step(peer, mod, LOSSES[variant], init, x, y, LR)
     if peer == "numpy":
         return NumpyStep(mod, variant, data)
+    if peer == captured.PEER:
+        return Captured(mod, variant, data)
     return TorchLike(mod, variant, data, compile=peer == "torch.compile")
 
 
 NOTES = {"numpy": "hand-written NumPy step", "torch.compile": "torch.compile(model)",
-         "jax": "jax.jit of the whole step", "autograd": "HIPS autograd + NumPy SGD"}
+         "jax": "jax.jit of the whole step", "autograd": "HIPS autograd + NumPy SGD",
+         captured.PEER: captured.NOTE}
 
 
 def _tapegrad_nn_missing():
@@ -230,6 +266,6 @@ def run(ctx):
         ref = summarize(TorchLike(ref_torch, variant, data)) if ref_torch is not None else None
         time_peers(ctx, table, variant, PEERS,
                    lambda peer, mod, v=variant, d=data: make_impl(peer, mod, v, d), ref, rtol=RTOL, atol=ATOL,
-                   notes=NOTES, skip=lambda peer: _tapegrad_nn_missing() if peer == "tapegrad" else None,
+                   notes=NOTES, skip=lambda peer: _tapegrad_nn_missing() if peer.startswith("tapegrad") else None,
                    reps=ctx.reps(full=30, quick=10), warmup=ctx.warmup(20), number=steps_per_rep)
     return tables
