@@ -75,6 +75,24 @@ print(w.grad.t())
 assert torch.allclose(w.grad, by_hand, atol=1e-6)
 
 # %% [markdown]
+# It also mentions the *Jacobian* and *checkpointing*. `torch.autograd.functional.jacobian`
+# differentiates every output with respect to every input. The residuals r(w) = Xw − t are
+# linear in w, so their Jacobian is X itself. `torch.utils.checkpoint.checkpoint` does not keep
+# a segment's intermediate values in the forward pass. It recomputes them in the backward
+# pass, which trades compute for memory. The gradient is the same:
+
+# %%
+J = torch.autograd.functional.jacobian(lambda v: (X @ v - t).reshape(-1), w.detach())
+print(J.shape)
+assert torch.allclose(J.reshape(8, 3), X)
+
+w.grad = None
+loss = torch.utils.checkpoint.checkpoint(lambda v: ((X @ v - t) ** 2).mean(), w, use_reentrant=False)
+loss.backward()
+print(w.grad.t())
+assert torch.allclose(w.grad, by_hand, atol=1e-6)
+
+# %% [markdown]
 # ## 2. PyTorch自动微分的应用
 #
 # ### 2.1 梯度计算和反向传播
