@@ -182,8 +182,7 @@ class Tape:
         self.capture = None        # tapegrad.capture's log while a step is captured
         self.inputs_cache = None   # a captured step's private tape: physical index -> inputs_of
         self.frozen = None         # a captured step's private tape: its (T, C) views, made once
-        self._pass = None          # the innermost running pass
-        self._scratch = None       # its gradient scratch (TAPEGRAD_DEBUG checks addresses in it)
+        self._scratch = None       # the running pass's gradient scratch (TAPEGRAD_DEBUG checks addresses in it)
         # leaf gradient slots
         self.leaf_addr = array("q")
         self.leaf_nbytes = array("q")
@@ -622,7 +621,6 @@ class Tape:
             if P.off is not None:
                 P.off[s] = False
         P.ln = np.frombuffer(self.leaf_nbytes, np.int64).copy() if nslots else np.zeros(1, np.int64)
-        outer, self._pass = self._pass, P
         prev_scratch, self._scratch = self._scratch, P.scratch
         self.busy += 1
         try:
@@ -676,7 +674,6 @@ class Tape:
             return got
         finally:
             self.busy -= 1
-            self._pass = outer
             self._scratch = prev_scratch
 
     # ----- a fixed backward, replayed (tapegrad.capture) -----------------------------------
