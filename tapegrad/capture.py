@@ -251,7 +251,7 @@ class CapturedStep:
         return tuple(parts)
 
     def __call__(self, *args, **kwargs):
-        from .tensor import Tensor, tensor
+        from .tensor import Tensor
         key = self._key(args, kwargs)
         if key is None:
             self._say("an argument is not hashable (a list of tensors?): pass tensors as positional arguments")

@@ -30,6 +30,11 @@ def outcome(fn):
         return (type(e).__name__, str(e))
 
 
+def npv(t):
+    """A tensor's values as float64 NumPy (either library's tensor)."""
+    return np.asarray(t.detach().tolist(), dtype=np.float64)
+
+
 def tape_state(*leaves):
     """What a failing call must leave untouched: the tape's length, the next
     record index, the flush mark, and the leaves' gradients (copied)."""
@@ -59,7 +64,7 @@ def assert_close(a, b, rtol=1e-5, atol=1e-6):
                                atol=atol)
 
 
-__all__ = ["SECOND_TIME", "TAPE", "ARENA", "tg", "real_torch", "outcome", "tape_state", "arena_state", "tolist",
+__all__ = ["SECOND_TIME", "TAPE", "ARENA", "tg", "real_torch", "outcome", "npv", "tape_state", "arena_state", "tolist",
            "assert_close"]
 
 

@@ -4,7 +4,6 @@ traceback naming this file's line), check_nan=False, the flags and their restora
 results without NaN are those of normal mode. Known discrepancies are ``xfail(strict=True)``.
 """
 import re
-import sys
 import warnings
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import tapegrad as tg
 
 torch = pytest.importorskip("torch")
+from semantics_util import npv  # noqa: E402
 
 MODS = (tg, torch)
 ENABLED = ("Anomaly Detection has been enabled. This mode will increase the runtime and should only be enabled "
@@ -20,18 +20,11 @@ ENABLED = ("Anomaly Detection has been enabled. This mode will increase the runt
 
 
 @pytest.fixture(autouse=True)
-def _drop_last_traceback_and_reset():
+def _reset_anomaly_mode():
     yield
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
     for m in MODS:               # a failing test must not leave anomaly mode on for the others
         if m.is_anomaly_enabled():
             m.autograd.set_detect_anomaly(False)
-
-
-def npv(t):
-    return np.asarray(t.detach().tolist(), dtype=np.float64)
 
 
 def run_recorded(fn):

@@ -39,17 +39,6 @@ def _torch():
     return pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True)
-def _drop_last_traceback():
-    """As in test_ops.py: pytest's sys.last_traceback would keep an xfailed test's tensors (and NumPy
-    views of the tape) alive for the rest of the session."""
-    yield
-    import sys
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
-
-
 def _safe(fn, *args, **kw):
     """Call fn; an exception becomes an AssertionError holding no frames (a traceback that keeps
     Tape frames alive keeps NumPy views of the tape's buffer: BufferError in every later test)."""

@@ -5,7 +5,6 @@ Every test builds its Functions for both modules (``_defs(m)``), runs the same c
 gradients are also checked against float64 central differences computed in NumPy. Expected
 values never come from tapegrad. Known discrepancies are ``xfail(strict=True)``.
 """
-import sys
 import warnings
 
 import numpy as np
@@ -14,27 +13,7 @@ import pytest
 import tapegrad as tg
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(autouse=True)
-def _drop_last_traceback():
-    """pytest's sys.last_traceback would keep frames (NumPy views of the tape) alive."""
-    yield
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
-
-
-def outcome(fn):
-    """('ok', value) or (exception type name, message); the traceback is dropped."""
-    try:
-        return ("ok", fn())
-    except Exception as e:  # noqa: BLE001
-        return (type(e).__name__, str(e))
-
-
-def npv(t):
-    return np.asarray(t.detach().tolist(), dtype=np.float64)
+from semantics_util import npv, outcome  # noqa: E402
 
 
 def same(a, b, rtol=1e-6, atol=1e-7):

@@ -6,7 +6,6 @@ shapes, dtypes, order, how many times they fire), the gradients they produce and
 compared, and gradients also against float64 central differences in NumPy. Expected values never
 come from tapegrad. Known discrepancies are ``xfail(strict=True)``.
 """
-import sys
 
 import numpy as np
 import pytest
@@ -14,27 +13,9 @@ import pytest
 import tapegrad as tg
 
 torch = pytest.importorskip("torch")
+from semantics_util import npv, outcome  # noqa: E402
 
 MODS = (tg, torch)
-
-
-@pytest.fixture(autouse=True)
-def _drop_last_traceback():
-    yield
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
-
-
-def outcome(fn):
-    try:
-        return ("ok", fn())
-    except Exception as e:  # noqa: BLE001
-        return (type(e).__name__, str(e))
-
-
-def npv(t):
-    return np.asarray(t.detach().tolist(), dtype=np.float64)
 
 
 def desc(t):

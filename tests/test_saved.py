@@ -4,7 +4,6 @@ AttributeError otherwise), their types, dtypes, shapes, values, identity with th
 their grad_fn; the error once backward freed them and retain_graph=True keeping them. Expected values
 never come from tapegrad. Known discrepancies are ``xfail(strict=True)``.
 """
-import sys
 
 import numpy as np
 import pytest
@@ -12,24 +11,9 @@ import pytest
 import tapegrad as tg
 
 torch = pytest.importorskip("torch")
+from semantics_util import SECOND_TIME, npv  # noqa: E402
 
 MODS = (tg, torch)
-SECOND_TIME = ("Trying to backward through the graph a second time (or directly access saved tensors after they "
-               "have already been freed). Saved intermediate values of the graph are freed when you call "
-               ".backward() or autograd.grad(). Specify retain_graph=True if you need to backward through the "
-               "graph a second time or if you need to access saved tensors after calling backward.")
-
-
-@pytest.fixture(autouse=True)
-def _drop_last_traceback():
-    yield
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
-
-
-def npv(t):
-    return np.asarray(t.detach().tolist(), dtype=np.float64)
 
 
 def _leaves(m):

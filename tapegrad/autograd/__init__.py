@@ -1,7 +1,6 @@
 """tapegrad.autograd: backward, grad, grad modes, the graph facade, Function, anomaly mode."""
 import numpy as np
 
-from .. import _dtype as D
 from .anomaly_mode import detect_anomaly, set_detect_anomaly  # noqa: F401
 from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 
@@ -54,7 +53,7 @@ def _prepare(tensors, grad_tensors):
         grad_tensors = [grad_tensors] * len(tensors) if len(tensors) == 1 or grad_tensors is None else \
             [grad_tensors]
     if len(grad_tensors) != len(tensors):
-        raise RuntimeError(f"grad can be implicitly created only for scalar outputs" if not grad_tensors else
+        raise RuntimeError("grad can be implicitly created only for scalar outputs" if not grad_tensors else
                            f"Mismatch in number of gradients: expected {len(tensors)} but got {len(grad_tensors)}")
     for i, t in enumerate(tensors):
         if not t._rg:
@@ -99,7 +98,6 @@ def _run(tensors, seeds, inputs, retain_graph, create_graph):
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None, grad_variables=None):
     """Compute the gradient of `tensors` w.r.t. the graph leaves (torch.autograd.backward)."""
     from ..tape.tape import TAPE
-    from ..tensor import Tensor
     if grad_variables is not None:
         grad_tensors = grad_variables
     if retain_graph is None:
@@ -180,7 +178,6 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         raise NotImplementedError("tapegrad.autograd.grad: is_grads_batched=True is not supported")
     if retain_graph is None:
         retain_graph = create_graph
-    single = isinstance(inputs, Tensor)
     inputs = _as_list(inputs, "inputs")
     if not inputs:
         raise RuntimeError("grad requires non-empty inputs.")
