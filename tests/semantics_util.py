@@ -35,6 +35,25 @@ def npv(t):
     return np.asarray(t.detach().tolist(), dtype=np.float64)
 
 
+def same(a, b, rtol=1e-6, atol=1e-7):
+    """tapegrad tensor a == torch tensor b: shape, dtype, values."""
+    assert tuple(a.shape) == tuple(b.shape), (a.shape, b.shape)
+    assert str(a.dtype) == str(b.dtype), (a.dtype, b.dtype)
+    np.testing.assert_allclose(npv(a), npv(b), rtol=rtol, atol=atol)
+
+
+def fd(f, x, eps=1e-6):
+    """Central differences of scalar f (NumPy, float64) at x."""
+    x = np.array(x, dtype=np.float64)
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        g[i] = (f(xp) - f(xm)) / (2 * eps)
+    return g
+
+
 def tape_state(*leaves):
     """What a failing call must leave untouched: the tape's length, the next
     record index, the flush mark, and the leaves' gradients (copied)."""
@@ -64,7 +83,7 @@ def assert_close(a, b, rtol=1e-5, atol=1e-6):
                                atol=atol)
 
 
-__all__ = ["SECOND_TIME", "TAPE", "ARENA", "tg", "real_torch", "outcome", "npv", "tape_state", "arena_state", "tolist",
+__all__ = ["SECOND_TIME", "TAPE", "ARENA", "tg", "real_torch", "outcome", "npv", "same", "fd", "tape_state", "arena_state", "tolist",
            "assert_close"]
 
 

@@ -13,26 +13,7 @@ import pytest
 import tapegrad as tg
 
 torch = pytest.importorskip("torch")
-from semantics_util import npv, outcome  # noqa: E402
-
-
-def same(a, b, rtol=1e-6, atol=1e-7):
-    """tapegrad tensor a == torch tensor b: shape, dtype, values."""
-    assert tuple(a.shape) == tuple(b.shape), (a.shape, b.shape)
-    assert str(a.dtype) == str(b.dtype), (a.dtype, b.dtype)
-    np.testing.assert_allclose(npv(a), npv(b), rtol=rtol, atol=atol)
-
-
-def fd(f, x, eps=1e-6):
-    """Central differences of scalar f (NumPy, float64) at x."""
-    x = np.array(x, dtype=np.float64)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += eps
-        xm[i] -= eps
-        g[i] = (f(xp) - f(xm)) / (2 * eps)
-    return g
+from semantics_util import fd, npv, outcome, same  # noqa: E402
 
 
 def _defs(m):

@@ -13,7 +13,7 @@ import pytest
 import tapegrad as tg
 
 torch = pytest.importorskip("torch")
-from semantics_util import npv, outcome  # noqa: E402
+from semantics_util import fd, npv, outcome, same  # noqa: E402
 
 MODS = (tg, torch)
 
@@ -27,23 +27,6 @@ def desc(t):
 
 def _r(v):
     return np.round(np.asarray(v, np.float64), 5).tolist()
-
-
-def same(a, b, rtol=1e-6, atol=1e-7):
-    assert tuple(a.shape) == tuple(b.shape), (a.shape, b.shape)
-    assert str(a.dtype) == str(b.dtype), (a.dtype, b.dtype)
-    np.testing.assert_allclose(npv(a), npv(b), rtol=rtol, atol=atol)
-
-
-def fd(f, x, eps=1e-6):
-    x = np.array(x, dtype=np.float64)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += eps
-        xm[i] -= eps
-        g[i] = (f(xp) - f(xm)) / (2 * eps)
-    return g
 
 
 X = [0.5, -1.0, 2.0]

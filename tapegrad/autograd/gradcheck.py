@@ -30,6 +30,8 @@ import numpy as np
 
 import tapegrad as _tg
 
+from .functional import _as_tuple_nocheck as _as_tuple   # one helper for both ports of torch's files
+
 __all__ = ["gradcheck", "gradgradcheck", "GradcheckError"]
 
 
@@ -82,13 +84,6 @@ def _is_float_tensor(x):
     return _is_tensor(x) and x.dtype.is_floating_point
 
 
-def _as_tuple(x):
-    if isinstance(x, tuple):
-        return x
-    elif isinstance(x, list):
-        return tuple(x)
-    else:
-        return (x,)
 
 
 def _differentiable_outputs(x):
