@@ -46,16 +46,26 @@ class Arena:
         if nbytes == config.SLAB_BYTES:
             nbytes += _ALIGN   # never the size of a slab: the tape tells slabs from own buffers by size
         pool = self.pool
-        for attempt in (0, 1):
+        for attempt in (0, 1, 2):
             for i, (buf, addr) in enumerate(pool):
                 if buf.nbytes == nbytes and sys.getrefcount(buf) <= 3:   # pool entry + local + argument
                     del pool[i]
                     pool.append((buf, addr))
+                    EXPOSED.discard(id(buf))
                     if zero:
                         buf.fill(0)
                     return buf, addr
-            if attempt == 0 and self.reclaim is not None and any(b.nbytes == nbytes for b, _ in pool):
-                self.reclaim()
+            if self.reclaim is None or not any(b.nbytes == nbytes for b, _ in pool):
+                break
+            # first without running pending records (a backward may still fuse them: tape.py
+            # Note [fused backward]); then, when 8 or more buffers of this size are held by the
+            # tape alone (pending records that will write them), running them: the dead ones free
+            if attempt == 0:
+                self.reclaim(False)
+            elif attempt == 1 and sum(1 for b, _ in pool if b.nbytes == nbytes and sys.getrefcount(b) <= 4) >= 8:
+                self.reclaim(True)   # refs: pool entry, the tape's big table, b, argument
+            else:
+                break
         buf, addr = self._new_slab(nbytes)
         pool.append((buf, addr))
         if len(pool) > 64:
@@ -97,6 +107,10 @@ class Arena:
 
 
 ARENA = Arena()
+
+#: ids of root buffers NumPy may touch at any moment (tensor.py's _expose). A pooled buffer is
+#: reused only when nothing references it, so no NumPy view of it is left: _big forgets it here.
+EXPOSED = set()
 
 
 _ADDR = {}   # id(root buffer) -> its address: reading __array_interface__ costs ~3 us a view

@@ -26,7 +26,7 @@ from ._format import format_tensor
 from .autograd.grad_mode import _STATE as _GRAD
 from .ops import pyops as P
 from .ops.table import OPS
-from .storage import ARENA, root_of, view as _view
+from .storage import ARENA, EXPOSED as _storage_EXPOSED, root_of, view as _view
 from .tape.tape import ALIVE as _ALIVE, PACK as _PACK, ROW as _ROW, TAPE
 
 _OP = {name: spec.opcode for name, spec in OPS.items()}
@@ -611,7 +611,7 @@ def _check_device(d):
 #: ids of root buffers that NumPy can read or write at any moment (DESIGN invariant 2): a
 #: record touching such storage runs before its op returns. Exposure is per storage, not per
 #: Tensor object: `np.asarray(t)`, `t[0].numpy()` or `t.detach().numpy()` expose t's memory.
-EXPOSED = set()
+EXPOSED = _storage_EXPOSED     # lives in storage.py: a big buffer reused from the pool is no longer exposed
 
 
 def _expose(t):
@@ -743,7 +743,7 @@ def _make_jit_unary(name):
         ar = ARENA
         nb = (n * dt.itemsize + 15) & ~15
         off = ar.off
-        if off + nb <= ar.size:          # inline bump allocation (Arena.alloc)
+        if off + nb <= ar.size and nb <= _QUARTER:   # inline bump allocation (Arena.alloc)
             ar.off = off + nb
             base = out._base = ar.slab
             addr = out._addr = ar.addr + off
@@ -804,6 +804,7 @@ def make_unary_front(name):
 
 
 _FLUSH_BOUND = config.FLUSH_BOUND
+_QUARTER = config.SLAB_BYTES >> 2   # larger tensors get a buffer of their own (Arena.alloc)
 
 
 def unary(name, x, c=0.0):
@@ -842,7 +843,7 @@ def _make_jit_binary(name):
         ar = ARENA
         nb = (n * dt.itemsize + 15) & ~15
         off = ar.off
-        if off + nb <= ar.size:          # inline bump allocation (Arena.alloc)
+        if off + nb <= ar.size and nb <= _QUARTER:   # inline bump allocation (Arena.alloc)
             ar.off = off + nb
             base = out._base = ar.slab
             addr = out._addr = ar.addr + off

@@ -26,7 +26,7 @@ def sweep(T, edges, base, flushed_phys, used, pins):  # pragma: no cover
         if base <= p < base + n:
             live[p - base] = 1
     for i in range(n - 1, -1, -1):
-        if T[i, 7]:
+        if T[i, 7] or i >= flushed_phys:   # a record that has not run yet will write its output
             live[i] = 1
         if live[i] == 0:
             continue

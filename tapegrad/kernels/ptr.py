@@ -27,3 +27,19 @@ def _make(ty):
 f32p = _make(types.float32)
 f64p = _make(types.float64)
 u8p = _make(types.uint8)
+
+
+@intrinsic
+def addr_of(typingctx, arr):
+    """The address of an array's first element, as int64 (``arr.ctypes.data`` in jitted code
+    makes a function uncacheable)."""
+    if not isinstance(arr, types.Array):
+        return None
+    sig = types.int64(arr)
+
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+        ary = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0])
+        return builder.ptrtoint(ary.data, context.get_value_type(types.int64))
+
+    return sig, codegen

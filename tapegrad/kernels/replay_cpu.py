@@ -11,7 +11,8 @@ from numba import prange
 
 from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
 from . import elementwise as E
-from .ptr import f32p, f64p, u8p
+from . import vmath as V
+from .ptr import addr_of, f32p, f64p, u8p
 
 UNARY = (2, 23)
 BINARY = (24, 30)
@@ -25,16 +26,22 @@ def _unary_fwd(op, x, o, n, c):  # pragma: no cover
             o[i] = E.neg_f(x[i], c)
     elif op == 3:  # exp
         for i in range(n):
-            o[i] = E.exp_f(x[i], c)
+            o[i] = V.exp_f(x[i], c)
     elif op == 4:  # log
         for i in range(n):
             o[i] = E.log_f(x[i], c)
     elif op == 5:  # sin
         for i in range(n):
-            o[i] = E.sin_f(x[i], c)
+            o[i] = V.sin_f(x[i], c)
+        for i in range(n):
+            if not V.fast_ok(x[i]):
+                o[i] = E.sin_f(x[i], c)
     elif op == 6:  # cos
         for i in range(n):
-            o[i] = E.cos_f(x[i], c)
+            o[i] = V.cos_f(x[i], c)
+        for i in range(n):
+            if not V.fast_ok(x[i]):
+                o[i] = E.cos_f(x[i], c)
     elif op == 7:  # tanh
         for i in range(n):
             o[i] = E.tanh_f(x[i], c)
@@ -100,11 +107,21 @@ def _unary_bwd(op, x, y, g, gx, n, c):  # pragma: no cover
         for i in range(n):
             gx[i] += E.log_b(x[i], y[i], g[i], c)
     elif op == 5:  # sin
+        for i in range(n):   # branch-free, vectorized; then libm's rule where it must
+            v = gx[i]
+            d = V.sin_b(x[i], y[i], g[i], c)
+            gx[i] = v + d if V.fast_ok(x[i]) else v
         for i in range(n):
-            gx[i] += E.sin_b(x[i], y[i], g[i], c)
+            if not V.fast_ok(x[i]):
+                gx[i] += E.sin_b(x[i], y[i], g[i], c)
     elif op == 6:  # cos
+        for i in range(n):   # branch-free, vectorized; then libm's rule where it must
+            v = gx[i]
+            d = V.cos_b(x[i], y[i], g[i], c)
+            gx[i] = v + d if V.fast_ok(x[i]) else v
         for i in range(n):
-            gx[i] += E.cos_b(x[i], y[i], g[i], c)
+            if not V.fast_ok(x[i]):
+                gx[i] += E.cos_b(x[i], y[i], g[i], c)
     elif op == 7:  # tanh
         for i in range(n):
             gx[i] += E.tanh_b(x[i], y[i], g[i], c)
@@ -248,8 +265,11 @@ def _fwd_typed(op, bc, po, pa, pb, n, m, c):  # pragma: no cover
     else:
         x = carray(pa, m)
         acc = 0.0
-        for i in range(m):
-            acc += x[i]
+        for t0 in range(0, m, TILE):     # tile by tile, as fused_*: both give the same bits
+            p = 0.0
+            for i in range(t0, min(t0 + TILE, m)):
+                p += x[i]
+            acc += p
         o[0] = acc / m if (op == MEAN and m > 0) else (acc if op == SUM else np.nan)
 
 
@@ -428,6 +448,80 @@ def backward_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
     return -1
 
 
+
+@njit(**NJIT_INNER)
+def _tile_at_f32(j, addr, bcast, rows, om, out, sp, off):  # pragma: no cover
+    """Address of an operand's tile in fused_f32: run row j's output (its buffer or the
+    chunk's scratch), else `addr` itself (offset unless the operand is broadcast)."""
+    if j >= 0:
+        return out[rows[j]] + off if om[j] else sp + j * TILE * 4
+    return addr if bcast else addr + off
+
+
+@njit(**NJIT_PARALLEL)
+def fused_f32(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, total, nthreads):  # pragma: no cover
+    """Forward and backward of a pending run of elementwise records `rows` (physical
+    indices) that ends in a full sum or mean `root` of run row jr, tile by tile, chunks of
+    tiles in parallel. Outputs with om[q] == 0 (dead, and read by no later pass) and every
+    gradient but the leaves' live only in the chunk's scratch. Per run row: ia/ib = run
+    index of the producer of operand a/b (-1: read its address); gja/gjb = run index
+    whose gradient it feeds, else gla/glb = leaf gradient address (0: none). zl: leaf
+    gradient buffers zeroed tile by tile (first use since .grad was None). groot: the
+    root's gradient (the seed). nthreads: numba.get_num_threads() (reading it in here
+    makes the function uncacheable). The same arithmetic, in the same order per element,
+    as forward_f32 then backward_f32: the same bits."""
+    code, out, a, b, c = T[:, 0], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    k = rows.shape[0]
+    nt = (total + TILE - 1) // TILE
+    nc = min(nt, 4 * nthreads)   # chunks of tiles; each allocates its scratch once
+    part = np.zeros(nt, np.float64)
+    mean = (code[root] >> 5) == MEAN
+    g = carray(f32p(groot), 1)
+    v = g[0] / total if mean else g[0]
+    for ch in prange(nc):
+        S = np.empty(2 * k * TILE, np.float32)
+        sp = addr_of(S)
+        gp = sp + k * TILE * 4
+        G = S[k * TILE:]
+        for t in range(ch * nt // nc, (ch + 1) * nt // nc):
+            t0 = t * TILE
+            m = min(TILE, total - t0)
+            off = t0 * 4
+            for z in range(zl.shape[0]):
+                zt = carray(f32p(zl[z] + off), m)
+                zt[:] = 0
+            for q in range(k):
+                r = rows[q]
+                bc = (code[r] >> 2) & 3
+                po = out[r] + off if om[q] else sp + q * TILE * 4
+                xa = _tile_at_f32(ia[q], a[r], bc & 1, rows, om, out, sp, off)
+                xb = _tile_at_f32(ib[q], b[r], bc & 2, rows, om, out, sp, off)
+                _fwd_typed(code[r] >> 5, bc, f32p(po), f32p(xa), f32p(xb), m, b[r], c[r])
+            x = carray(f32p(_tile_at_f32(jr, 0, 0, rows, om, out, sp, off)), m)
+            p = 0.0
+            for i in range(m):
+                p += x[i]
+            part[t] = p
+            G[:] = 0
+            gx = carray(f32p(gp + jr * TILE * 4), m)
+            for i in range(m):
+                gx[i] += v
+            for q in range(k - 1, -1, -1):
+                r = rows[q]
+                bc = (code[r] >> 2) & 3
+                po = out[r] + off if om[q] else sp + q * TILE * 4
+                xa = _tile_at_f32(ia[q], a[r], bc & 1, rows, om, out, sp, off)
+                xb = _tile_at_f32(ib[q], b[r], bc & 2, rows, om, out, sp, off)
+                ga = gp + gja[q] * TILE * 4 if gja[q] >= 0 else (gla[q] + off if gla[q] != 0 else 0)
+                gb = gp + gjb[q] * TILE * 4 if gjb[q] >= 0 else (glb[q] + off if glb[q] != 0 else 0)
+                _bwd_typed(code[r] >> 5, bc, f32p(po), f32p(xa), f32p(xb), f32p(gp + q * TILE * 4),
+                           f32p(ga), f32p(gb), ga != 0, gb != 0, m, b[r], c[r])
+    acc = 0.0
+    for t in range(nt):
+        acc += part[t]
+    o = carray(f32p(out[root]), 1)
+    o[0] = acc / total if (mean and total > 0) else acc
+
 # ----- float64 entry points --------------------------------------------------
 
 @njit(**NJIT_INNER)
@@ -567,6 +661,80 @@ def backward_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
         r -= 1
     return -1
 
+
+
+@njit(**NJIT_INNER)
+def _tile_at_f64(j, addr, bcast, rows, om, out, sp, off):  # pragma: no cover
+    """Address of an operand's tile in fused_f64: run row j's output (its buffer or the
+    chunk's scratch), else `addr` itself (offset unless the operand is broadcast)."""
+    if j >= 0:
+        return out[rows[j]] + off if om[j] else sp + j * TILE * 8
+    return addr if bcast else addr + off
+
+
+@njit(**NJIT_PARALLEL)
+def fused_f64(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, total, nthreads):  # pragma: no cover
+    """Forward and backward of a pending run of elementwise records `rows` (physical
+    indices) that ends in a full sum or mean `root` of run row jr, tile by tile, chunks of
+    tiles in parallel. Outputs with om[q] == 0 (dead, and read by no later pass) and every
+    gradient but the leaves' live only in the chunk's scratch. Per run row: ia/ib = run
+    index of the producer of operand a/b (-1: read its address); gja/gjb = run index
+    whose gradient it feeds, else gla/glb = leaf gradient address (0: none). zl: leaf
+    gradient buffers zeroed tile by tile (first use since .grad was None). groot: the
+    root's gradient (the seed). nthreads: numba.get_num_threads() (reading it in here
+    makes the function uncacheable). The same arithmetic, in the same order per element,
+    as forward_f64 then backward_f64: the same bits."""
+    code, out, a, b, c = T[:, 0], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    k = rows.shape[0]
+    nt = (total + TILE - 1) // TILE
+    nc = min(nt, 4 * nthreads)   # chunks of tiles; each allocates its scratch once
+    part = np.zeros(nt, np.float64)
+    mean = (code[root] >> 5) == MEAN
+    g = carray(f64p(groot), 1)
+    v = g[0] / total if mean else g[0]
+    for ch in prange(nc):
+        S = np.empty(2 * k * TILE, np.float64)
+        sp = addr_of(S)
+        gp = sp + k * TILE * 8
+        G = S[k * TILE:]
+        for t in range(ch * nt // nc, (ch + 1) * nt // nc):
+            t0 = t * TILE
+            m = min(TILE, total - t0)
+            off = t0 * 8
+            for z in range(zl.shape[0]):
+                zt = carray(f64p(zl[z] + off), m)
+                zt[:] = 0
+            for q in range(k):
+                r = rows[q]
+                bc = (code[r] >> 2) & 3
+                po = out[r] + off if om[q] else sp + q * TILE * 8
+                xa = _tile_at_f64(ia[q], a[r], bc & 1, rows, om, out, sp, off)
+                xb = _tile_at_f64(ib[q], b[r], bc & 2, rows, om, out, sp, off)
+                _fwd_typed(code[r] >> 5, bc, f64p(po), f64p(xa), f64p(xb), m, b[r], c[r])
+            x = carray(f64p(_tile_at_f64(jr, 0, 0, rows, om, out, sp, off)), m)
+            p = 0.0
+            for i in range(m):
+                p += x[i]
+            part[t] = p
+            G[:] = 0
+            gx = carray(f64p(gp + jr * TILE * 8), m)
+            for i in range(m):
+                gx[i] += v
+            for q in range(k - 1, -1, -1):
+                r = rows[q]
+                bc = (code[r] >> 2) & 3
+                po = out[r] + off if om[q] else sp + q * TILE * 8
+                xa = _tile_at_f64(ia[q], a[r], bc & 1, rows, om, out, sp, off)
+                xb = _tile_at_f64(ib[q], b[r], bc & 2, rows, om, out, sp, off)
+                ga = gp + gja[q] * TILE * 8 if gja[q] >= 0 else (gla[q] + off if gla[q] != 0 else 0)
+                gb = gp + gjb[q] * TILE * 8 if gjb[q] >= 0 else (glb[q] + off if glb[q] != 0 else 0)
+                _bwd_typed(code[r] >> 5, bc, f64p(po), f64p(xa), f64p(xb), f64p(gp + q * TILE * 8),
+                           f64p(ga), f64p(gb), ga != 0, gb != 0, m, b[r], c[r])
+    acc = 0.0
+    for t in range(nt):
+        acc += part[t]
+    o = carray(f64p(out[root]), 1)
+    o[0] = acc / total if (mean and total > 0) else acc
 
 @njit(**NJIT)
 def mark(T, edges, root, lo, base, need):  # pragma: no cover
