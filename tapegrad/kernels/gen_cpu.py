@@ -81,16 +81,23 @@ def forward_{{suf}}(T, F, lo, hi):  # pragma: no cover
         if op == 1 or (k & 3) != {{dt}}:
             return r
         if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
-            e = r + 1
-            while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= {b_hi} and n[e] == n[r]
-                   and (code[e] & 3) == {{dt}}):
-                e += 1
-            _fwd_tiles_{{suf}}(code, n, out, a, b, c, r, e, n[r])
-            r = e
-            continue
+            return r      # Python runs fwd_run_{{suf}}: its parallel loop compiles only when used (bench C0)
         _fwd_one_{{suf}}(r, code, n, out, a, b, c, 0, n[r])
         r += 1
     return -1
+
+
+@njit(**NJIT)
+def fwd_run_{{suf}}(T, F, r, hi):  # pragma: no cover
+    """The run of large elementwise records that starts at r (forward_{{suf}} stopped there),
+    tile by tile; returns the index after it."""
+    code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    e = r + 1
+    while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= {b_hi} and n[e] == n[r]
+           and (code[e] & 3) == {{dt}}):
+        e += 1
+    _fwd_tiles_{{suf}}(code, n, out, a, b, c, r, e, n[r])
+    return e
 
 
 @njit(**NJIT_INNER)
@@ -148,28 +155,7 @@ def backward_{{suf}}(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, 
             r -= 1
             continue
         if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
-            s = r - 1
-            while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]
-                   and (code[s] & 3) == {{dt}}):
-                s -= 1
-            s += 1
-            GA = np.zeros(r - s + 1, np.int64)
-            GB = np.zeros(r - s + 1, np.int64)
-            par = True
-            for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
-                if gaddr[q] == 0 or (code[q] >> 5) == 0:
-                    continue
-                GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-                if (code[q] >> 5) >= {b_lo}:
-                    GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-                if (code[q] >> 2) & 3:
-                    par = False
-            if par:
-                _bwd_tiles_par_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
-            else:
-                _bwd_tiles_seq_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
-            r = s - 1
-            continue
+            return r      # Python runs bwd_run_{{suf}} (see forward_{{suf}})
         ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
         gb = 0
         if op >= {b_lo} and op <= {b_hi}:
@@ -177,6 +163,34 @@ def backward_{{suf}}(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, 
         _bwd_one_{{suf}}(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
         r -= 1
     return -1
+
+
+@njit(**NJIT)
+def bwd_run_{{suf}}(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
+    """The run of large elementwise records that ends at r (backward_{{suf}} stopped there), in
+    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it."""
+    code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    s = r - 1
+    while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]
+           and (code[s] & 3) == {{dt}}):
+        s -= 1
+    s += 1
+    GA = np.zeros(r - s + 1, np.int64)
+    GB = np.zeros(r - s + 1, np.int64)
+    par = True
+    for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
+        if gaddr[q] == 0 or (code[q] >> 5) == 0:
+            continue
+        GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        if (code[q] >> 5) >= {b_lo}:
+            GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        if (code[q] >> 2) & 3:
+            par = False
+    if par:
+        _bwd_tiles_par_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+    else:
+        _bwd_tiles_seq_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+    return s - 1
 
 
 

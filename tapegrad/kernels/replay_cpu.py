@@ -350,16 +350,23 @@ def forward_f32(T, F, lo, hi):  # pragma: no cover
         if op == 1 or (k & 3) != 0:
             return r
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
-            e = r + 1
-            while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= 30 and n[e] == n[r]
-                   and (code[e] & 3) == 0):
-                e += 1
-            _fwd_tiles_f32(code, n, out, a, b, c, r, e, n[r])
-            r = e
-            continue
+            return r      # Python runs fwd_run_f32: its parallel loop compiles only when used (bench C0)
         _fwd_one_f32(r, code, n, out, a, b, c, 0, n[r])
         r += 1
     return -1
+
+
+@njit(**NJIT)
+def fwd_run_f32(T, F, r, hi):  # pragma: no cover
+    """The run of large elementwise records that starts at r (forward_f32 stopped there),
+    tile by tile; returns the index after it."""
+    code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    e = r + 1
+    while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= 30 and n[e] == n[r]
+           and (code[e] & 3) == 0):
+        e += 1
+    _fwd_tiles_f32(code, n, out, a, b, c, r, e, n[r])
+    return e
 
 
 @njit(**NJIT_INNER)
@@ -417,28 +424,7 @@ def backward_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
             r -= 1
             continue
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
-            s = r - 1
-            while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= 30 and n[s] == n[r]
-                   and (code[s] & 3) == 0):
-                s -= 1
-            s += 1
-            GA = np.zeros(r - s + 1, np.int64)
-            GB = np.zeros(r - s + 1, np.int64)
-            par = True
-            for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
-                if gaddr[q] == 0 or (code[q] >> 5) == 0:
-                    continue
-                GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-                if (code[q] >> 5) >= 24:
-                    GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-                if (code[q] >> 2) & 3:
-                    par = False
-            if par:
-                _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
-            else:
-                _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
-            r = s - 1
-            continue
+            return r      # Python runs bwd_run_f32 (see forward_f32)
         ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
         gb = 0
         if op >= 24 and op <= 30:
@@ -446,6 +432,34 @@ def backward_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
         _bwd_one_f32(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
         r -= 1
     return -1
+
+
+@njit(**NJIT)
+def bwd_run_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
+    """The run of large elementwise records that ends at r (backward_f32 stopped there), in
+    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it."""
+    code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    s = r - 1
+    while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= 30 and n[s] == n[r]
+           and (code[s] & 3) == 0):
+        s -= 1
+    s += 1
+    GA = np.zeros(r - s + 1, np.int64)
+    GB = np.zeros(r - s + 1, np.int64)
+    par = True
+    for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
+        if gaddr[q] == 0 or (code[q] >> 5) == 0:
+            continue
+        GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        if (code[q] >> 5) >= 24:
+            GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        if (code[q] >> 2) & 3:
+            par = False
+    if par:
+        _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+    else:
+        _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+    return s - 1
 
 
 
@@ -564,16 +578,23 @@ def forward_f64(T, F, lo, hi):  # pragma: no cover
         if op == 1 or (k & 3) != 1:
             return r
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
-            e = r + 1
-            while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= 30 and n[e] == n[r]
-                   and (code[e] & 3) == 1):
-                e += 1
-            _fwd_tiles_f64(code, n, out, a, b, c, r, e, n[r])
-            r = e
-            continue
+            return r      # Python runs fwd_run_f64: its parallel loop compiles only when used (bench C0)
         _fwd_one_f64(r, code, n, out, a, b, c, 0, n[r])
         r += 1
     return -1
+
+
+@njit(**NJIT)
+def fwd_run_f64(T, F, r, hi):  # pragma: no cover
+    """The run of large elementwise records that starts at r (forward_f64 stopped there),
+    tile by tile; returns the index after it."""
+    code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    e = r + 1
+    while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= 30 and n[e] == n[r]
+           and (code[e] & 3) == 1):
+        e += 1
+    _fwd_tiles_f64(code, n, out, a, b, c, r, e, n[r])
+    return e
 
 
 @njit(**NJIT_INNER)
@@ -631,28 +652,7 @@ def backward_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
             r -= 1
             continue
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
-            s = r - 1
-            while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= 30 and n[s] == n[r]
-                   and (code[s] & 3) == 1):
-                s -= 1
-            s += 1
-            GA = np.zeros(r - s + 1, np.int64)
-            GB = np.zeros(r - s + 1, np.int64)
-            par = True
-            for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
-                if gaddr[q] == 0 or (code[q] >> 5) == 0:
-                    continue
-                GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-                if (code[q] >> 5) >= 24:
-                    GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-                if (code[q] >> 2) & 3:
-                    par = False
-            if par:
-                _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
-            else:
-                _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
-            r = s - 1
-            continue
+            return r      # Python runs bwd_run_f64 (see forward_f64)
         ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
         gb = 0
         if op >= 24 and op <= 30:
@@ -660,6 +660,34 @@ def backward_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
         _bwd_one_f64(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
         r -= 1
     return -1
+
+
+@njit(**NJIT)
+def bwd_run_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
+    """The run of large elementwise records that ends at r (backward_f64 stopped there), in
+    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it."""
+    code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    s = r - 1
+    while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= 30 and n[s] == n[r]
+           and (code[s] & 3) == 1):
+        s -= 1
+    s += 1
+    GA = np.zeros(r - s + 1, np.int64)
+    GB = np.zeros(r - s + 1, np.int64)
+    par = True
+    for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
+        if gaddr[q] == 0 or (code[q] >> 5) == 0:
+            continue
+        GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        if (code[q] >> 5) >= 24:
+            GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        if (code[q] >> 2) & 3:
+            par = False
+    if par:
+        _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+    else:
+        _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+    return s - 1
 
 
 

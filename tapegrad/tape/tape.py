@@ -299,12 +299,16 @@ class Tape:
         end = hi - self.base
         try:
             while lo < end:
-                i = (R.forward_f64 if (T[lo, 0] & 3) == 1 else R.forward_f32)(T, C, lo, end)
+                f64 = (T[lo, 0] & 3) == 1
+                i = (R.forward_f64 if f64 else R.forward_f32)(T, C, lo, end)
                 if i < 0:
                     break
-                if (T[i, 0] >> 5) == PY:
+                k = T[i, 0]
+                if (k >> 5) == PY:
                     self.py[i + self.base].fwd()
                     lo = i + 1
+                elif ((k & 3) == 1) == f64:   # a run of large elementwise records, in tiles
+                    lo = (R.fwd_run_f64 if f64 else R.fwd_run_f32)(T, C, i, end)
                 else:
                     lo = i           # a record of the other dtype: switch entry point
         finally:
@@ -821,8 +825,12 @@ class Tape:
         while hi >= lo:
             T, C = self.cols()
             try:
-                i = (R.backward_f64 if (T[hi, 0] & 3) == 1 else R.backward_f32)(T, C, P.gaddr, P.la, P.ls, P.ln,
-                                                                               self.base, hi, lo)
+                f64 = (T[hi, 0] & 3) == 1
+                i = (R.backward_f64 if f64 else R.backward_f32)(T, C, P.gaddr, P.la, P.ls, P.ln, self.base, hi, lo)
+                while i >= 0 and (T[i, 0] >> 5) != PY and ((T[i, 0] & 3) == 1) == f64:
+                    # a run of large elementwise records, in tiles; then on from the record before it
+                    i = (R.bwd_run_f64 if f64 else R.bwd_run_f32)(T, C, P.gaddr, P.la, P.ls, P.ln, self.base, i, lo)
+                    i = (R.backward_f64 if f64 else R.backward_f32)(T, C, P.gaddr, P.la, P.ls, P.ln, self.base, i, lo)
                 py = i >= 0 and (T[i, 0] >> 5) == PY
             finally:
                 del T, C
