@@ -170,7 +170,8 @@ class _Program:
 
     def hooked(self):
         """A leaf the step uses got a hook after the capture."""
-        return any(TAPE.leaf_hooks.get(s) for s in self.slots)
+        hooks = TAPE.leaf_hooks
+        return bool(hooks) and any(hooks.get(s) for s in self.slots)
 
 
 def _producer_index(t, addr):

@@ -309,9 +309,19 @@ def _binary(rows):
     for i, s in enumerate(rows):
         kw = "if" if i == 0 else "elif"
         f += [f"    {kw} op == {s.opcode}:  # {s.name}",
-              "        for i in range(n):",
-              f"            o[i] = E.{s.rule}_f(x[i * sx], z[i * sz], c)"]
+              "        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes",
+              "            for i in range(n):",
+              f"                o[i] = E.{s.rule}_f(x[i], z[i], c)",
+              "        else:",
+              "            for i in range(n):",
+              f"                o[i] = E.{s.rule}_f(x[i * sx], z[i * sz], c)"]
         b += [f"    {kw} op == {s.opcode}:  # {s.name}",
+              "        if sx == 1 and sz == 1 and wx and wz:",
+              "            for i in range(n):",
+              f"                dx, dz = E.{s.rule}_b(x[i], z[i], y[i], g[i], c)",
+              "                gx[i] += dx",
+              "                gz[i] += dz",
+              "            return",
               "        for i in range(n):",
               f"            dx, dz = E.{s.rule}_b(x[i * sx], z[i * sz], y[i], g[i], c)",
               "            if wx:",

@@ -178,31 +178,65 @@ def _unary_bwd(op, x, y, g, gx, n, c):  # pragma: no cover
 @njit(**NJIT_INNER)
 def _binary_fwd(op, x, z, o, n, sx, sz, c):  # pragma: no cover
     if op == 24:  # add
-        for i in range(n):
-            o[i] = E.add_f(x[i * sx], z[i * sz], c)
+        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+            for i in range(n):
+                o[i] = E.add_f(x[i], z[i], c)
+        else:
+            for i in range(n):
+                o[i] = E.add_f(x[i * sx], z[i * sz], c)
     elif op == 25:  # sub
-        for i in range(n):
-            o[i] = E.sub_f(x[i * sx], z[i * sz], c)
+        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+            for i in range(n):
+                o[i] = E.sub_f(x[i], z[i], c)
+        else:
+            for i in range(n):
+                o[i] = E.sub_f(x[i * sx], z[i * sz], c)
     elif op == 26:  # mul
-        for i in range(n):
-            o[i] = E.mul_f(x[i * sx], z[i * sz], c)
+        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+            for i in range(n):
+                o[i] = E.mul_f(x[i], z[i], c)
+        else:
+            for i in range(n):
+                o[i] = E.mul_f(x[i * sx], z[i * sz], c)
     elif op == 27:  # div
-        for i in range(n):
-            o[i] = E.div_f(x[i * sx], z[i * sz], c)
+        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+            for i in range(n):
+                o[i] = E.div_f(x[i], z[i], c)
+        else:
+            for i in range(n):
+                o[i] = E.div_f(x[i * sx], z[i * sz], c)
     elif op == 28:  # pow
-        for i in range(n):
-            o[i] = E.pow_f(x[i * sx], z[i * sz], c)
+        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+            for i in range(n):
+                o[i] = E.pow_f(x[i], z[i], c)
+        else:
+            for i in range(n):
+                o[i] = E.pow_f(x[i * sx], z[i * sz], c)
     elif op == 29:  # maximum
-        for i in range(n):
-            o[i] = E.maximum_f(x[i * sx], z[i * sz], c)
+        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+            for i in range(n):
+                o[i] = E.maximum_f(x[i], z[i], c)
+        else:
+            for i in range(n):
+                o[i] = E.maximum_f(x[i * sx], z[i * sz], c)
     elif op == 30:  # minimum
-        for i in range(n):
-            o[i] = E.minimum_f(x[i * sx], z[i * sz], c)
+        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+            for i in range(n):
+                o[i] = E.minimum_f(x[i], z[i], c)
+        else:
+            for i in range(n):
+                o[i] = E.minimum_f(x[i * sx], z[i * sz], c)
 
 
 @njit(**NJIT)
 def _binary_bwd(op, x, z, y, g, gx, gz, n, sx, sz, wx, wz, c):  # pragma: no cover
     if op == 24:  # add
+        if sx == 1 and sz == 1 and wx and wz:
+            for i in range(n):
+                dx, dz = E.add_b(x[i], z[i], y[i], g[i], c)
+                gx[i] += dx
+                gz[i] += dz
+            return
         for i in range(n):
             dx, dz = E.add_b(x[i * sx], z[i * sz], y[i], g[i], c)
             if wx:
@@ -210,6 +244,12 @@ def _binary_bwd(op, x, z, y, g, gx, gz, n, sx, sz, wx, wz, c):  # pragma: no cov
             if wz:
                 gz[i * sz] += dz
     elif op == 25:  # sub
+        if sx == 1 and sz == 1 and wx and wz:
+            for i in range(n):
+                dx, dz = E.sub_b(x[i], z[i], y[i], g[i], c)
+                gx[i] += dx
+                gz[i] += dz
+            return
         for i in range(n):
             dx, dz = E.sub_b(x[i * sx], z[i * sz], y[i], g[i], c)
             if wx:
@@ -217,6 +257,12 @@ def _binary_bwd(op, x, z, y, g, gx, gz, n, sx, sz, wx, wz, c):  # pragma: no cov
             if wz:
                 gz[i * sz] += dz
     elif op == 26:  # mul
+        if sx == 1 and sz == 1 and wx and wz:
+            for i in range(n):
+                dx, dz = E.mul_b(x[i], z[i], y[i], g[i], c)
+                gx[i] += dx
+                gz[i] += dz
+            return
         for i in range(n):
             dx, dz = E.mul_b(x[i * sx], z[i * sz], y[i], g[i], c)
             if wx:
@@ -224,6 +270,12 @@ def _binary_bwd(op, x, z, y, g, gx, gz, n, sx, sz, wx, wz, c):  # pragma: no cov
             if wz:
                 gz[i * sz] += dz
     elif op == 27:  # div
+        if sx == 1 and sz == 1 and wx and wz:
+            for i in range(n):
+                dx, dz = E.div_b(x[i], z[i], y[i], g[i], c)
+                gx[i] += dx
+                gz[i] += dz
+            return
         for i in range(n):
             dx, dz = E.div_b(x[i * sx], z[i * sz], y[i], g[i], c)
             if wx:
@@ -231,6 +283,12 @@ def _binary_bwd(op, x, z, y, g, gx, gz, n, sx, sz, wx, wz, c):  # pragma: no cov
             if wz:
                 gz[i * sz] += dz
     elif op == 28:  # pow
+        if sx == 1 and sz == 1 and wx and wz:
+            for i in range(n):
+                dx, dz = E.pow_b(x[i], z[i], y[i], g[i], c)
+                gx[i] += dx
+                gz[i] += dz
+            return
         for i in range(n):
             dx, dz = E.pow_b(x[i * sx], z[i * sz], y[i], g[i], c)
             if wx:
@@ -238,6 +296,12 @@ def _binary_bwd(op, x, z, y, g, gx, gz, n, sx, sz, wx, wz, c):  # pragma: no cov
             if wz:
                 gz[i * sz] += dz
     elif op == 29:  # maximum
+        if sx == 1 and sz == 1 and wx and wz:
+            for i in range(n):
+                dx, dz = E.maximum_b(x[i], z[i], y[i], g[i], c)
+                gx[i] += dx
+                gz[i] += dz
+            return
         for i in range(n):
             dx, dz = E.maximum_b(x[i * sx], z[i * sz], y[i], g[i], c)
             if wx:
@@ -245,6 +309,12 @@ def _binary_bwd(op, x, z, y, g, gx, gz, n, sx, sz, wx, wz, c):  # pragma: no cov
             if wz:
                 gz[i * sz] += dz
     elif op == 30:  # minimum
+        if sx == 1 and sz == 1 and wx and wz:
+            for i in range(n):
+                dx, dz = E.minimum_b(x[i], z[i], y[i], g[i], c)
+                gx[i] += dx
+                gz[i] += dz
+            return
         for i in range(n):
             dx, dz = E.minimum_b(x[i * sx], z[i * sz], y[i], g[i], c)
             if wx:
