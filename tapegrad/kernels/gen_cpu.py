@@ -32,7 +32,7 @@ from numba import prange
 from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
 from . import elementwise as E
 from . import vmath as V
-from .ptr import addr_of, f32p, f64p, u8p
+from .ptr import addr_of, f32p, f64p, i8p, i64p, u8p
 
 '''
 
@@ -42,13 +42,14 @@ from .ptr import addr_of, f32p, f64p, u8p
 TYPED_TEMPLATE = '''# ----- {{dtname}} entry points --------------------------------------------------
 
 @njit(**NJIT_INNER)
-def _fwd_one_{{suf}}(q, code, n, out, a, b, c, t0, m):  # pragma: no cover
-    """Record q on elements t0..t0+m-1 (a tile; broadcast inputs are not offset)."""
-    k = code[q]
+def _fwd_one_{{suf}}(k, o, xa, xb, cq, t0, m):  # pragma: no cover
+    """A record (code k, addresses o/xa/xb, attribute cq) on elements t0..t0+m-1 (a tile;
+    broadcast inputs are not offset). NOTE: scalars only: every array argument of a call
+    costs an atomic incref/decref pair (~20 ns a call measured, most of W1's replay)."""
     bc = (k >> 2) & 3
     oa = 0 if bc & 1 else t0 * {{isz}}
     ob = 0 if bc & 2 else t0 * {{isz}}
-    _fwd_typed(k >> 5, bc, {{ptr}}(out[q] + t0 * {{isz}}), {{ptr}}(a[q] + oa), {{ptr}}(b[q] + ob), m, b[q], c[q])
+    _fwd_typed(k >> 5, bc, {{ptr}}(o + t0 * {{isz}}), {{ptr}}(xa + oa), {{ptr}}(xb + ob), m, xb, cq)
 
 
 @njit(**NJIT_PARALLEL)
@@ -61,7 +62,7 @@ def _fwd_tiles_{{suf}}(code, n, out, a, b, c, r0, r1, total):  # pragma: no cove
         m = min(TILE, total - t0)
         for q in range(r0, r1):
             if (code[q] >> 5) != 0:
-                _fwd_one_{{suf}}(q, code, n, out, a, b, c, t0, m)
+                _fwd_one_{{suf}}(code[q], out[q], a[q], b[q], c[q], t0, m)
 
 
 @njit(**NJIT)
@@ -82,7 +83,7 @@ def forward_{{suf}}(T, F, lo, hi):  # pragma: no cover
             return r
         if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_{{suf}}: its parallel loop compiles only when used (bench C0)
-        _fwd_one_{{suf}}(r, code, n, out, a, b, c, 0, n[r])
+        _fwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], 0, n[r])
         r += 1
     return -1
 
@@ -101,16 +102,16 @@ def fwd_run_{{suf}}(T, F, r, hi):  # pragma: no cover
 
 
 @njit(**NJIT_INNER)
-def _bwd_one_{{suf}}(q, code, n, out, a, b, c, gaddr, ga, gb, t0, m):  # pragma: no cover
-    k = code[q]
+def _bwd_one_{{suf}}(k, o, xa, xb, cq, gq, ga, gb, t0, m):  # pragma: no cover
+    """The reverse of _fwd_one_{{suf}}: gq is the record's gradient, ga/gb its inputs' (0: none)."""
     bc = (k >> 2) & 3
     op = k >> 5
     oa = 0 if bc & 1 else t0 * {{isz}}
     ob = 0 if bc & 2 else t0 * {{isz}}
     if op > {b_hi}:
         oa = 0
-    _bwd_typed(op, bc, {{ptr}}(out[q] + t0 * {{isz}}), {{ptr}}(a[q] + oa), {{ptr}}(b[q] + ob), {{ptr}}(gaddr[q] + t0 * {{isz}}),
-               {{ptr}}(ga + oa), {{ptr}}(gb + ob), ga != 0, gb != 0, m, b[q], c[q])
+    _bwd_typed(op, bc, {{ptr}}(o + t0 * {{isz}}), {{ptr}}(xa + oa), {{ptr}}(xb + ob), {{ptr}}(gq + t0 * {{isz}}),
+               {{ptr}}(ga + oa), {{ptr}}(gb + ob), ga != 0, gb != 0, m, xb, cq)
 
 
 @njit(**NJIT_PARALLEL)
@@ -121,7 +122,7 @@ def _bwd_tiles_par_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_{{suf}}(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_{{suf}}(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
 
 
 @njit(**NJIT)
@@ -132,7 +133,7 @@ def _bwd_tiles_seq_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_{{suf}}(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_{{suf}}(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
 
 
 @njit(**NJIT)
@@ -142,6 +143,7 @@ def backward_{{suf}}(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, 
     its index. Runs of large elementwise
     records go tile by tile (in parallel unless an input is broadcast)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -156,11 +158,11 @@ def backward_{{suf}}(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, 
             continue
         if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs bwd_run_{{suf}} (see forward_{{suf}})
-        ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        ga = _grad_addr(pa[r], PG, PLA, PLS, PLN, base)
         gb = 0
         if op >= {b_lo} and op <= {b_hi}:
-            gb = _grad_addr(pb[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-        _bwd_one_{{suf}}(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
+            gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
+        _bwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r])
         r -= 1
     return -1
 
@@ -170,6 +172,7 @@ def bwd_run_{{suf}}(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo
     """The run of large elementwise records that ends at r (backward_{{suf}} stopped there), in
     reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     s = r - 1
     while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]
            and (code[s] & 3) == {{dt}}):
@@ -181,9 +184,9 @@ def bwd_run_{{suf}}(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo
     for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
         if gaddr[q] == 0 or (code[q] >> 5) == 0:
             continue
-        GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        GA[q - s] = _grad_addr(pa[q], PG, PLA, PLS, PLN, base)
         if (code[q] >> 5) >= {b_lo}:
-            GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+            GB[q - s] = _grad_addr(pb[q], PG, PLA, PLS, PLN, base)
         if (code[q] >> 2) & 3:
             par = False
     if par:
@@ -381,19 +384,23 @@ def _bwd_typed(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c):  # pragma: no
 
 
 @njit(**NJIT_INNER)
-def _grad_addr(p, gaddr, leaf_addr, leaf_state, leaf_nbytes, base):  # pragma: no cover
+def _grad_addr(p, pg, pla, pls, pln, base):  # pragma: no cover
     """Address of the gradient buffer of a record input with producer code p
     (0 when it needs none). A leaf's buffer is zeroed on its first use since
-    its grad was last None (its state goes 0 -> 1)."""
+    its grad was last None (its state goes 0 -> 1). pg, pla, pls, pln: the addresses of
+    gaddr and of the leaf address, state and size tables (pointers, not arrays: see
+    _fwd_one_f32's NOTE)."""
     if p >= 0:
-        return gaddr[p - base]
+        return i64p(pg)[p - base]
     if p <= -2:
         s = -p - 2
-        if leaf_state[s] == 0:
-            z = carray(u8p(leaf_addr[s]), leaf_nbytes[s])
+        st = i8p(pls)
+        la = i64p(pla)
+        if st[s] == 0:
+            z = carray(u8p(la[s]), i64p(pln)[s])
             z[:] = 0
-            leaf_state[s] = 1
-        return leaf_addr[s]
+            st[s] = 1
+        return la[s]
     return 0
 
 

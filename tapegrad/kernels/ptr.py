@@ -27,6 +27,8 @@ def _make(ty):
 f32p = _make(types.float32)
 f64p = _make(types.float64)
 u8p = _make(types.uint8)
+i64p = _make(types.int64)
+i8p = _make(types.int8)
 
 
 @intrinsic

@@ -12,7 +12,7 @@ from numba import prange
 from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
 from . import elementwise as E
 from . import vmath as V
-from .ptr import addr_of, f32p, f64p, u8p
+from .ptr import addr_of, f32p, f64p, i8p, i64p, u8p
 
 UNARY = (2, 23)
 BINARY = (24, 30)
@@ -362,32 +362,37 @@ def _bwd_typed(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c):  # pragma: no
 
 
 @njit(**NJIT_INNER)
-def _grad_addr(p, gaddr, leaf_addr, leaf_state, leaf_nbytes, base):  # pragma: no cover
+def _grad_addr(p, pg, pla, pls, pln, base):  # pragma: no cover
     """Address of the gradient buffer of a record input with producer code p
     (0 when it needs none). A leaf's buffer is zeroed on its first use since
-    its grad was last None (its state goes 0 -> 1)."""
+    its grad was last None (its state goes 0 -> 1). pg, pla, pls, pln: the addresses of
+    gaddr and of the leaf address, state and size tables (pointers, not arrays: see
+    _fwd_one_f32's NOTE)."""
     if p >= 0:
-        return gaddr[p - base]
+        return i64p(pg)[p - base]
     if p <= -2:
         s = -p - 2
-        if leaf_state[s] == 0:
-            z = carray(u8p(leaf_addr[s]), leaf_nbytes[s])
+        st = i8p(pls)
+        la = i64p(pla)
+        if st[s] == 0:
+            z = carray(u8p(la[s]), i64p(pln)[s])
             z[:] = 0
-            leaf_state[s] = 1
-        return leaf_addr[s]
+            st[s] = 1
+        return la[s]
     return 0
 
 
 # ----- float32 entry points --------------------------------------------------
 
 @njit(**NJIT_INNER)
-def _fwd_one_f32(q, code, n, out, a, b, c, t0, m):  # pragma: no cover
-    """Record q on elements t0..t0+m-1 (a tile; broadcast inputs are not offset)."""
-    k = code[q]
+def _fwd_one_f32(k, o, xa, xb, cq, t0, m):  # pragma: no cover
+    """A record (code k, addresses o/xa/xb, attribute cq) on elements t0..t0+m-1 (a tile;
+    broadcast inputs are not offset). NOTE: scalars only: every array argument of a call
+    costs an atomic incref/decref pair (~20 ns a call measured, most of W1's replay)."""
     bc = (k >> 2) & 3
     oa = 0 if bc & 1 else t0 * 4
     ob = 0 if bc & 2 else t0 * 4
-    _fwd_typed(k >> 5, bc, f32p(out[q] + t0 * 4), f32p(a[q] + oa), f32p(b[q] + ob), m, b[q], c[q])
+    _fwd_typed(k >> 5, bc, f32p(o + t0 * 4), f32p(xa + oa), f32p(xb + ob), m, xb, cq)
 
 
 @njit(**NJIT_PARALLEL)
@@ -400,7 +405,7 @@ def _fwd_tiles_f32(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
         m = min(TILE, total - t0)
         for q in range(r0, r1):
             if (code[q] >> 5) != 0:
-                _fwd_one_f32(q, code, n, out, a, b, c, t0, m)
+                _fwd_one_f32(code[q], out[q], a[q], b[q], c[q], t0, m)
 
 
 @njit(**NJIT)
@@ -421,7 +426,7 @@ def forward_f32(T, F, lo, hi):  # pragma: no cover
             return r
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_f32: its parallel loop compiles only when used (bench C0)
-        _fwd_one_f32(r, code, n, out, a, b, c, 0, n[r])
+        _fwd_one_f32(code[r], out[r], a[r], b[r], c[r], 0, n[r])
         r += 1
     return -1
 
@@ -440,16 +445,16 @@ def fwd_run_f32(T, F, r, hi):  # pragma: no cover
 
 
 @njit(**NJIT_INNER)
-def _bwd_one_f32(q, code, n, out, a, b, c, gaddr, ga, gb, t0, m):  # pragma: no cover
-    k = code[q]
+def _bwd_one_f32(k, o, xa, xb, cq, gq, ga, gb, t0, m):  # pragma: no cover
+    """The reverse of _fwd_one_f32: gq is the record's gradient, ga/gb its inputs' (0: none)."""
     bc = (k >> 2) & 3
     op = k >> 5
     oa = 0 if bc & 1 else t0 * 4
     ob = 0 if bc & 2 else t0 * 4
     if op > 30:
         oa = 0
-    _bwd_typed(op, bc, f32p(out[q] + t0 * 4), f32p(a[q] + oa), f32p(b[q] + ob), f32p(gaddr[q] + t0 * 4),
-               f32p(ga + oa), f32p(gb + ob), ga != 0, gb != 0, m, b[q], c[q])
+    _bwd_typed(op, bc, f32p(o + t0 * 4), f32p(xa + oa), f32p(xb + ob), f32p(gq + t0 * 4),
+               f32p(ga + oa), f32p(gb + ob), ga != 0, gb != 0, m, xb, cq)
 
 
 @njit(**NJIT_PARALLEL)
@@ -460,7 +465,7 @@ def _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # 
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f32(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_f32(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
 
 
 @njit(**NJIT)
@@ -471,7 +476,7 @@ def _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # 
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f32(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_f32(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
 
 
 @njit(**NJIT)
@@ -481,6 +486,7 @@ def backward_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
     its index. Runs of large elementwise
     records go tile by tile (in parallel unless an input is broadcast)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -495,11 +501,11 @@ def backward_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
             continue
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs bwd_run_f32 (see forward_f32)
-        ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        ga = _grad_addr(pa[r], PG, PLA, PLS, PLN, base)
         gb = 0
         if op >= 24 and op <= 30:
-            gb = _grad_addr(pb[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-        _bwd_one_f32(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
+            gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
+        _bwd_one_f32(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r])
         r -= 1
     return -1
 
@@ -509,6 +515,7 @@ def bwd_run_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  
     """The run of large elementwise records that ends at r (backward_f32 stopped there), in
     reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     s = r - 1
     while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= 30 and n[s] == n[r]
            and (code[s] & 3) == 0):
@@ -520,9 +527,9 @@ def bwd_run_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  
     for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
         if gaddr[q] == 0 or (code[q] >> 5) == 0:
             continue
-        GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        GA[q - s] = _grad_addr(pa[q], PG, PLA, PLS, PLN, base)
         if (code[q] >> 5) >= 24:
-            GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+            GB[q - s] = _grad_addr(pb[q], PG, PLA, PLS, PLN, base)
         if (code[q] >> 2) & 3:
             par = False
     if par:
@@ -609,13 +616,14 @@ def fused_f32(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
 # ----- float64 entry points --------------------------------------------------
 
 @njit(**NJIT_INNER)
-def _fwd_one_f64(q, code, n, out, a, b, c, t0, m):  # pragma: no cover
-    """Record q on elements t0..t0+m-1 (a tile; broadcast inputs are not offset)."""
-    k = code[q]
+def _fwd_one_f64(k, o, xa, xb, cq, t0, m):  # pragma: no cover
+    """A record (code k, addresses o/xa/xb, attribute cq) on elements t0..t0+m-1 (a tile;
+    broadcast inputs are not offset). NOTE: scalars only: every array argument of a call
+    costs an atomic incref/decref pair (~20 ns a call measured, most of W1's replay)."""
     bc = (k >> 2) & 3
     oa = 0 if bc & 1 else t0 * 8
     ob = 0 if bc & 2 else t0 * 8
-    _fwd_typed(k >> 5, bc, f64p(out[q] + t0 * 8), f64p(a[q] + oa), f64p(b[q] + ob), m, b[q], c[q])
+    _fwd_typed(k >> 5, bc, f64p(o + t0 * 8), f64p(xa + oa), f64p(xb + ob), m, xb, cq)
 
 
 @njit(**NJIT_PARALLEL)
@@ -628,7 +636,7 @@ def _fwd_tiles_f64(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
         m = min(TILE, total - t0)
         for q in range(r0, r1):
             if (code[q] >> 5) != 0:
-                _fwd_one_f64(q, code, n, out, a, b, c, t0, m)
+                _fwd_one_f64(code[q], out[q], a[q], b[q], c[q], t0, m)
 
 
 @njit(**NJIT)
@@ -649,7 +657,7 @@ def forward_f64(T, F, lo, hi):  # pragma: no cover
             return r
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_f64: its parallel loop compiles only when used (bench C0)
-        _fwd_one_f64(r, code, n, out, a, b, c, 0, n[r])
+        _fwd_one_f64(code[r], out[r], a[r], b[r], c[r], 0, n[r])
         r += 1
     return -1
 
@@ -668,16 +676,16 @@ def fwd_run_f64(T, F, r, hi):  # pragma: no cover
 
 
 @njit(**NJIT_INNER)
-def _bwd_one_f64(q, code, n, out, a, b, c, gaddr, ga, gb, t0, m):  # pragma: no cover
-    k = code[q]
+def _bwd_one_f64(k, o, xa, xb, cq, gq, ga, gb, t0, m):  # pragma: no cover
+    """The reverse of _fwd_one_f64: gq is the record's gradient, ga/gb its inputs' (0: none)."""
     bc = (k >> 2) & 3
     op = k >> 5
     oa = 0 if bc & 1 else t0 * 8
     ob = 0 if bc & 2 else t0 * 8
     if op > 30:
         oa = 0
-    _bwd_typed(op, bc, f64p(out[q] + t0 * 8), f64p(a[q] + oa), f64p(b[q] + ob), f64p(gaddr[q] + t0 * 8),
-               f64p(ga + oa), f64p(gb + ob), ga != 0, gb != 0, m, b[q], c[q])
+    _bwd_typed(op, bc, f64p(o + t0 * 8), f64p(xa + oa), f64p(xb + ob), f64p(gq + t0 * 8),
+               f64p(ga + oa), f64p(gb + ob), ga != 0, gb != 0, m, xb, cq)
 
 
 @njit(**NJIT_PARALLEL)
@@ -688,7 +696,7 @@ def _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # 
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f64(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_f64(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
 
 
 @njit(**NJIT)
@@ -699,7 +707,7 @@ def _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # 
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f64(q, code, n, out, a, b, c, gaddr, GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_f64(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
 
 
 @njit(**NJIT)
@@ -709,6 +717,7 @@ def backward_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
     its index. Runs of large elementwise
     records go tile by tile (in parallel unless an input is broadcast)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -723,11 +732,11 @@ def backward_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
             continue
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs bwd_run_f64 (see forward_f64)
-        ga = _grad_addr(pa[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        ga = _grad_addr(pa[r], PG, PLA, PLS, PLN, base)
         gb = 0
         if op >= 24 and op <= 30:
-            gb = _grad_addr(pb[r], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
-        _bwd_one_f64(r, code, n, out, a, b, c, gaddr, ga, gb, 0, n[r])
+            gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
+        _bwd_one_f64(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r])
         r -= 1
     return -1
 
@@ -737,6 +746,7 @@ def bwd_run_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  
     """The run of large elementwise records that ends at r (backward_f64 stopped there), in
     reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
+    PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     s = r - 1
     while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= 30 and n[s] == n[r]
            and (code[s] & 3) == 1):
@@ -748,9 +758,9 @@ def bwd_run_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  
     for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
         if gaddr[q] == 0 or (code[q] >> 5) == 0:
             continue
-        GA[q - s] = _grad_addr(pa[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+        GA[q - s] = _grad_addr(pa[q], PG, PLA, PLS, PLN, base)
         if (code[q] >> 5) >= 24:
-            GB[q - s] = _grad_addr(pb[q], gaddr, leaf_addr, leaf_state, leaf_nbytes, base)
+            GB[q - s] = _grad_addr(pb[q], PG, PLA, PLS, PLN, base)
         if (code[q] >> 2) & 3:
             par = False
     if par:
