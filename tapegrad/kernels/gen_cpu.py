@@ -279,8 +279,14 @@ def _mod(rule):
 
 
 def _unary(rows):
-    f = ["@njit(**NJIT_INNER)", "def _unary_fwd(op, x, o, n, c):  # pragma: no cover"]
-    b = ["@njit(**NJIT_INNER)", "def _unary_bwd(op, x, y, g, gx, n, c):  # pragma: no cover"]
+    f = ["@njit(**NJIT_INNER)", "def _unary_fwd(op, px, po, n, c):  # pragma: no cover",
+         "    x = carray(px, n)   # pointers in, arrays made here: see _fwd_one_f32's NOTE",
+         "    o = carray(po, n)"]
+    b = ["@njit(**NJIT_INNER)", "def _unary_bwd(op, px, py, pg, pgx, n, c):  # pragma: no cover",
+         "    x = carray(px, n)",
+         "    y = carray(py, n)",
+         "    g = carray(pg, n)",
+         "    gx = carray(pgx, n)"]
     for i, s in enumerate(rows):
         kw = "if" if i == 0 else "elif"
         f += [f"    {kw} op == {s.opcode}:  # {s.name}",
@@ -306,9 +312,18 @@ def _unary(rows):
 
 
 def _binary(rows):
-    f = ["@njit(**NJIT_INNER)", "def _binary_fwd(op, x, z, o, n, sx, sz, c):  # pragma: no cover"]
+    f = ["@njit(**NJIT_INNER)", "def _binary_fwd(op, px, pz, po, n, sx, sz, c):  # pragma: no cover",
+         "    x = carray(px, n if sx else 1)   # stride 0: a broadcast scalar",
+         "    z = carray(pz, n if sz else 1)",
+         "    o = carray(po, n)"]
     b = ["@njit(**NJIT)",
-         "def _binary_bwd(op, x, z, y, g, gx, gz, n, sx, sz, wx, wz, c):  # pragma: no cover"]
+         "def _binary_bwd(op, px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover",
+         "    x = carray(px, n if sx else 1)",
+         "    z = carray(pz, n if sz else 1)",
+         "    y = carray(py, n)",
+         "    g = carray(pg, n)",
+         "    gx = carray(pgx, (n if sx else 1) if wx else 0)",
+         "    gz = carray(pgz, (n if sz else 1) if wz else 0)"]
     for i, s in enumerate(rows):
         kw = "if" if i == 0 else "elif"
         f += [f"    {kw} op == {s.opcode}:  # {s.name}",
@@ -347,14 +362,12 @@ def source():
 
 @njit(**NJIT_INNER)
 def _fwd_typed(op, bc, po, pa, pb, n, m, c):  # pragma: no cover
-    o = carray(po, n)
     if op <= {u_hi}:
-        _unary_fwd(op, carray(pa, n), o, n, c)
+        _unary_fwd(op, pa, po, n, c)
     elif op <= {b_hi}:
-        na = 1 if bc & 1 else n
-        nb = 1 if bc & 2 else n
-        _binary_fwd(op, carray(pa, na), carray(pb, nb), o, n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), c)
+        _binary_fwd(op, pa, pb, po, n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), c)
     else:
+        o = carray(po, 1)
         x = carray(pa, m)
         acc = 0.0
         for t0 in range(0, m, TILE):     # tile by tile, as fused_*: both give the same bits
@@ -367,16 +380,12 @@ def _fwd_typed(op, bc, po, pa, pb, n, m, c):  # pragma: no cover
 
 @njit(**NJIT_INNER)
 def _bwd_typed(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c):  # pragma: no cover
-    y = carray(po, n)
-    g = carray(pg, n)
     if op <= {u_hi}:
-        _unary_bwd(op, carray(pa, n), y, g, carray(pga, n), n, c)
+        _unary_bwd(op, pa, po, pg, pga, n, c)
     elif op <= {b_hi}:
-        na = 1 if bc & 1 else n
-        nb = 1 if bc & 2 else n
-        _binary_bwd(op, carray(pa, na), carray(pb, nb), y, g, carray(pga, na if wa else 0),
-                    carray(pgb, nb if wb else 0), n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), wa, wb, c)
+        _binary_bwd(op, pa, pb, po, pg, pga, pgb, n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), wa, wb, c)
     else:
+        g = carray(pg, 1)
         gx = carray(pga, m)
         v = g[0] / m if op == MEAN else g[0]
         for i in range(m):
