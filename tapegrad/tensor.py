@@ -26,7 +26,7 @@ from ._format import format_tensor
 from .autograd.grad_mode import _STATE as _GRAD
 from .ops import pyops as P
 from .ops.table import OPS
-from .storage import ARENA, EXPOSED as _storage_EXPOSED, root_of, view as _view
+from .storage import ARENA, EXPOSED, root_of, view as _view
 from .tape.tape import ALIVE as _ALIVE, PACK as _PACK, ROW as _ROW, TAPE
 
 _OP = {name: spec.opcode for name, spec in OPS.items()}
@@ -608,10 +608,10 @@ def _check_device(d):
         device(t)
 
 
-#: ids of root buffers that NumPy can read or write at any moment (DESIGN invariant 2): a
-#: record touching such storage runs before its op returns. Exposure is per storage, not per
-#: Tensor object: `np.asarray(t)`, `t[0].numpy()` or `t.detach().numpy()` expose t's memory.
-EXPOSED = _storage_EXPOSED     # lives in storage.py: a big buffer reused from the pool is no longer exposed
+# EXPOSED (storage.py): ids of root buffers that NumPy can read or write at any moment (DESIGN
+# invariant 2): a record touching such storage runs before its op returns. Exposure is per storage,
+# not per Tensor object: `np.asarray(t)`, `t[0].numpy()` or `t.detach().numpy()` expose t's memory.
+# It lives in storage.py because a big buffer reused from the pool is no longer exposed.
 
 
 def _expose(t):

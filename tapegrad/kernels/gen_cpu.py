@@ -241,7 +241,7 @@ def fused_{{suf}}(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groo
             for q in range(k):
                 r = rows[q]
                 bc = (code[r] >> 2) & 3
-                po = out[r] + off if om[q] else sp + q * TILE * {{isz}}
+                po = _tile_at_{{suf}}(q, 0, 0, rows, om, out, sp, off)   # its own output's tile
                 xa = _tile_at_{{suf}}(ia[q], a[r], bc & 1, rows, om, out, sp, off)
                 xb = _tile_at_{{suf}}(ib[q], b[r], bc & 2, rows, om, out, sp, off)
                 _fwd_typed(code[r] >> 5, bc, {{ptr}}(po), {{ptr}}(xa), {{ptr}}(xb), m, b[r], c[r])
@@ -257,7 +257,7 @@ def fused_{{suf}}(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groo
             for q in range(k - 1, -1, -1):
                 r = rows[q]
                 bc = (code[r] >> 2) & 3
-                po = out[r] + off if om[q] else sp + q * TILE * {{isz}}
+                po = _tile_at_{{suf}}(q, 0, 0, rows, om, out, sp, off)   # its own output's tile
                 xa = _tile_at_{{suf}}(ia[q], a[r], bc & 1, rows, om, out, sp, off)
                 xb = _tile_at_{{suf}}(ib[q], b[r], bc & 2, rows, om, out, sp, off)
                 ga = gp + gja[q] * TILE * {{isz}} if gja[q] >= 0 else (gla[q] + off if gla[q] != 0 else 0)

@@ -593,7 +593,7 @@ def fused_f32(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
             for q in range(k):
                 r = rows[q]
                 bc = (code[r] >> 2) & 3
-                po = out[r] + off if om[q] else sp + q * TILE * 4
+                po = _tile_at_f32(q, 0, 0, rows, om, out, sp, off)   # its own output's tile
                 xa = _tile_at_f32(ia[q], a[r], bc & 1, rows, om, out, sp, off)
                 xb = _tile_at_f32(ib[q], b[r], bc & 2, rows, om, out, sp, off)
                 _fwd_typed(code[r] >> 5, bc, f32p(po), f32p(xa), f32p(xb), m, b[r], c[r])
@@ -609,7 +609,7 @@ def fused_f32(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
             for q in range(k - 1, -1, -1):
                 r = rows[q]
                 bc = (code[r] >> 2) & 3
-                po = out[r] + off if om[q] else sp + q * TILE * 4
+                po = _tile_at_f32(q, 0, 0, rows, om, out, sp, off)   # its own output's tile
                 xa = _tile_at_f32(ia[q], a[r], bc & 1, rows, om, out, sp, off)
                 xb = _tile_at_f32(ib[q], b[r], bc & 2, rows, om, out, sp, off)
                 ga = gp + gja[q] * TILE * 4 if gja[q] >= 0 else (gla[q] + off if gla[q] != 0 else 0)
@@ -824,7 +824,7 @@ def fused_f64(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
             for q in range(k):
                 r = rows[q]
                 bc = (code[r] >> 2) & 3
-                po = out[r] + off if om[q] else sp + q * TILE * 8
+                po = _tile_at_f64(q, 0, 0, rows, om, out, sp, off)   # its own output's tile
                 xa = _tile_at_f64(ia[q], a[r], bc & 1, rows, om, out, sp, off)
                 xb = _tile_at_f64(ib[q], b[r], bc & 2, rows, om, out, sp, off)
                 _fwd_typed(code[r] >> 5, bc, f64p(po), f64p(xa), f64p(xb), m, b[r], c[r])
@@ -840,7 +840,7 @@ def fused_f64(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
             for q in range(k - 1, -1, -1):
                 r = rows[q]
                 bc = (code[r] >> 2) & 3
-                po = out[r] + off if om[q] else sp + q * TILE * 8
+                po = _tile_at_f64(q, 0, 0, rows, om, out, sp, off)   # its own output's tile
                 xa = _tile_at_f64(ia[q], a[r], bc & 1, rows, om, out, sp, off)
                 xb = _tile_at_f64(ib[q], b[r], bc & 2, rows, om, out, sp, off)
                 ga = gp + gja[q] * TILE * 8 if gja[q] >= 0 else (gla[q] + off if gla[q] != 0 else 0)

@@ -59,9 +59,8 @@ for _s in OPS.values():
     if _s.kind != "py" and _s.saves:
         _HAS_SAVES[_s.opcode] = 1
 _HAS_SAVES[PY] = 1
-_REDUCE = (OPS["sum"].opcode, OPS["mean"].opcode)
-_ELEM = (min(s.opcode for s in OPS.values() if s.kind in ("unary", "binary")),
-         max(s.opcode for s in OPS.values() if s.kind in ("unary", "binary")))
+_REDUCE = (R.SUM, R.MEAN)
+_ELEM = (R.UNARY[0], R.BINARY[1])   # the opcodes of the elementwise rows
 _FUSE_MAX = 64            # pending records a fused backward takes at most (Note [fused backward])
 _DEAD_REFS = 5            # references to a dead own buffer in _fusion_plan: pool tuple, tape.big, dict, local, arg
 
@@ -677,17 +676,7 @@ class Tape:
             if leaves:
                 got["leaves"] = {s: bool(P.ls[s]) for s in leaves}
             if not retain_graph:
-                T, _ = self.cols()
-                try:
-                    k = idx + (lo - base)
-                    codes = T[k, 0]
-                    ops = codes >> 5
-                    sel = _HAS_SAVES[ops] != 0
-                    for j in np.nonzero(ops == PY)[0]:   # escape records say themselves whether they save
-                        sel[j] = self.py[int(k[j]) + base].saves
-                    T[k[sel], 0] = codes[sel] | 16
-                finally:
-                    del T, _
+                self._free_saved(idx + (lo - base))
             return got
         finally:
             self.busy -= 1
@@ -729,7 +718,8 @@ class Tape:
         finally:
             del T, C
         k = len(rows)
-        om, ia, ib, gja, gjb, gla, glb = (np.full(k, -1 if j in (1, 2, 3, 4) else 0, np.int64) for j in range(7))
+        om, gla, glb = (np.zeros(k, np.int64) for _ in range(3))        # written? leaf gradient addresses
+        ia, ib, gja, gjb = (np.full(k, -1, np.int64) for _ in range(4))  # run indices (-1: none)
         # NOTE: a dead output in an own buffer that no tensor or view holds (the pool, the tape's
         # big table and this loop are its only references) need not be written; anything else is
         dead = {addr: buf for buf, addr in ARENA.pool}
@@ -770,12 +760,23 @@ class Tape:
             for s in slots:
                 self.leaf_state[s] = 1
             self.flushed = root + 1
-            sel = np.append(rows, root - base)
-            codes = T[sel, 0]
-            sel = sel[_HAS_SAVES[codes >> 5] != 0]
-            T[sel, 0] |= 16
         finally:
             del T, C
+        self._free_saved(np.append(rows, root - base))
+
+    def _free_saved(self, k):
+        """Mark the records at physical indices k that saved values as freed (the consumed bit):
+        a backward without retain_graph."""
+        T, _ = self.cols()
+        try:
+            codes = T[k, 0]
+            ops = codes >> 5
+            sel = _HAS_SAVES[ops] != 0
+            for j in np.nonzero(ops == PY)[0]:   # escape records say themselves whether they save
+                sel[j] = self.py[int(k[j]) + self.base].saves
+            T[k[sel], 0] = codes[sel] | 16
+        finally:
+            del T, _
 
     # ----- a fixed backward, replayed (tapegrad.capture) -----------------------------------
     def plan_backward(self, roots):
