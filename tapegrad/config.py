@@ -21,6 +21,9 @@ THREADS_PER_BLOCK = 256
 FLUSH_BOUND = 1 << 15
 #: bytes per arena slab; larger tensors get a buffer of their own
 SLAB_BYTES = 1 << 20
+#: run matrix products and mse_loss inside the jitted replay (ops/pyops.py's Note [native
+#: records]); TAPEGRAD_NATIVE=0 keeps them NumPy escape records (tests compare the two)
+NATIVE = os.environ.get("TAPEGRAD_NATIVE", "1") not in ("", "0")
 #: TAPEGRAD_DEBUG=1 checks every tape address against live buffers before each jitted call
 DEBUG = os.environ.get("TAPEGRAD_DEBUG", "0") not in ("", "0")
 

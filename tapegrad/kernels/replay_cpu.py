@@ -12,6 +12,7 @@ from numba import prange
 from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
 from . import elementwise as E
 from . import vmath as V
+from .blas import gemm
 from .ptr import addr_of, f32p, f64p, i8p, i64p, u8p
 
 UNARY = (2, 23)
@@ -371,6 +372,29 @@ def _bwd_typed(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c):  # pragma: no
 
 
 @njit(**NJIT_INNER)
+def _cm_layout(r, c, s0, s1):  # pragma: no cover
+    """(trans, ld) of an r x c row-major operand with element strides (s0, s1) seen as Fortran's
+    column-major transpose: ord("N") when its rows are contiguous (s1 == 1), else ord("T")
+    (then s0 == 1). A dimension of size 1 leaves its stride free; ld >= 1 either way."""
+    if s1 == 1 and (r == 1 or s0 >= c):
+        return 78, (max(s0, c, 1) if r == 1 else s0)
+    return 84, (max(s1, r, 1) if c == 1 else s1)
+
+
+@njit(**NJIT_INNER)
+def _bcast_off(i, nd, pshape, pstr):  # pragma: no cover
+    """Offset of the i-th element (C order) of an nd-dim shape at pshape in a strided operand
+    (strides at pstr)."""
+    sh = i64p(pshape)
+    st = i64p(pstr)
+    off = 0
+    for j in range(nd - 1, -1, -1):
+        off += (i % sh[j]) * st[j]
+        i //= sh[j]
+    return off
+
+
+@njit(**NJIT_INNER)
 def _grad_addr(p, pg, pla, pls, pln, base):  # pragma: no cover
     """Address of the gradient buffer of a record input with producer code p
     (0 when it needs none). A leaf's buffer is zeroed on its first use since
@@ -418,12 +442,13 @@ def _fwd_tiles_f32(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
 
 
 @njit(**NJIT)
-def forward_f32(T, F, lo, hi):  # pragma: no cover
-    """Run records lo..hi-1 in program order; stop at an escape record or at a
-    record of the other float dtype (each dtype compiles only when used).
-    T / F: the tape rows as int64 / float64 (two arguments: each array argument
-    costs ~1 us to unbox, and this is called once per flush)."""
+def forward_f32(T, F, E, lo, hi):  # pragma: no cover
+    """Run records lo..hi-1 in program order; stop at an escape record (but a native one)
+    or at a record of the other float dtype (each dtype compiles only when used).
+    T / F: the tape rows as int64 / float64 (each array argument costs ~1 us to unbox, and
+    this is called once per flush); E: the escape records' producer lists and descriptors."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    PE = addr_of(E)
     r = lo
     while r < hi:
         k = code[r]
@@ -431,8 +456,14 @@ def forward_f32(T, F, lo, hi):  # pragma: no cover
         if op == 0:
             r += 1
             continue
-        if op == 1 or (k & 3) != 0:
+        if (k & 3) != 0:
             return r
+        if op == 1:
+            if b[r] == 0:
+                return r
+            _nat_fwd_f32(PE + 8 * b[r], out[r])
+            r += 1
+            continue
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_f32: its parallel loop compiles only when used (bench C0)
         _fwd_one_f32(code[r], out[r], a[r], b[r], c[r], 0, n[r])
@@ -489,13 +520,14 @@ def _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # 
 
 
 @njit(**NJIT)
-def backward_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+def backward_f32(T, F, E, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
-    stop at an escape record or a record of the other float dtype and return
-    its index. Runs of large elementwise
+    stop at an escape record (but a native one) or a record of the other float dtype
+    and return its index. Runs of large elementwise
     records go tile by tile (in parallel unless an input is broadcast)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
+    PE = addr_of(E)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -503,9 +535,15 @@ def backward_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
             continue
         k = code[r]
         op = k >> 5
-        if op == 1 or (op != 0 and (k & 3) != 0):
-            return r
         if op == 0:
+            r -= 1
+            continue
+        if (k & 3) != 0:
+            return r
+        if op == 1:
+            if b[r] == 0:
+                return r
+            _nat_bwd_f32(PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base)
             r -= 1
             continue
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
@@ -547,6 +585,142 @@ def bwd_run_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  
         _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
     return s - 1
 
+
+
+# Native escape records (Note [native records] in ops/pyops.py): E[d] kind, E[d + 1] the
+# gemm's address (or a sub-kind), then (1, addmm: x @ W.T + bias) m, k, n, x, xs0, xs1, W, ws0,
+# ws1, bias, bs; (2, mm: A @ B) m, k, n, A, as0, as1, B, bs0, bs1; (3, mse_loss) N, x, t, mean;
+# (4, a view) N, offset, nd, shape[nd], strides[nd]: the view's elements in its input's gradient;
+# (5, broadcast add (E[d + 1] = 0) or sub (1) of contiguous inputs) N, x, y, alpha's bits, nd,
+# shape[nd], x strides[nd], y strides[nd] (0 on broadcast dimensions). Strides in elements; the
+# inputs' gradients are contiguous (their producers' buffers).
+@njit(**NJIT_INNER)
+def _rm_gemm_f32(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # pragma: no cover
+    """Row-major C (m x n, contiguous) = alpha A B + beta C for A (m x k) and B (k x n) given by
+    element strides: Fortran's column-major C^T = B^T A^T."""
+    tb, ldb = _cm_layout(k, n, bs0, bs1)
+    ta, lda = _cm_layout(m, k, as0, as1)
+    gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
+
+
+@njit(**NJIT_INNER)
+def _nat_fwd_f32(pd, o):  # pragma: no cover
+    d = i64p(pd)
+    kind = d[0]
+    if kind == 3:
+        N = d[2]
+        x = f32p(d[3])
+        t = f32p(d[4])
+        acc = 0.0
+        for i in range(N):
+            v = np.float64(x[i]) - np.float64(t[i])
+            acc += v * v
+        f32p(o)[0] = acc / N if d[5] else acc
+        return
+    if kind == 4:
+        return          # a view: its output is its input's storage
+    if kind == 5:
+        N, nd = d[2], d[6]
+        al = np.float32(f64p(pd + 40)[0])
+        if d[1] == 1:
+            al = -al
+        x = f32p(d[3])
+        y = f32p(d[4])
+        z = f32p(o)
+        for i in range(N):
+            z[i] = x[_bcast_off(i, nd, pd + 56, pd + 56 + 8 * nd)] + al * y[_bcast_off(i, nd, pd + 56,
+                                                                                        pd + 56 + 16 * nd)]
+        return
+    m, k, n = d[2], d[3], d[4]
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    if kind == 1:       # x @ W.T: W.T has W's strides swapped
+        _rm_gemm_f32(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[10], d[9], zero, o)
+        y = f32p(o)
+        bb = f32p(d[11])
+        bs = d[12]
+        for i in range(m):
+            for j in range(n):
+                y[i * n + j] += bb[j * bs]
+    else:
+        _rm_gemm_f32(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
+
+
+@njit(**NJIT_INNER)
+def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base):  # pragma: no cover
+    """pd: the descriptor's address, pp: the producer list's, gq: the record's gradient."""
+    d = i64p(pd)
+    p = i64p(pp)
+    kind = d[0]
+    one = np.float32(1.0)
+    if kind == 3:
+        N = d[2]
+        v = np.float32(np.float32(2.0) * f32p(gq)[0])
+        if d[5]:
+            v = v / np.float32(N)
+        x = f32p(d[3])
+        t = f32p(d[4])
+        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if gx != 0:
+            X = f32p(gx)
+            for i in range(N):
+                X[i] += np.float32(x[i] - t[i]) * v
+        gt = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
+        if gt != 0:
+            Y = f32p(gt)
+            for i in range(N):
+                Y[i] -= np.float32(x[i] - t[i]) * v
+        return
+    if kind == 4:
+        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if gx != 0:
+            N, off, nd = d[2], d[3], d[4]
+            X = f32p(gx)
+            G = f32p(gq)
+            for i in range(N):
+                X[off + _bcast_off(i, nd, pd + 40, pd + 40 + 8 * nd)] += G[i]
+        return
+    if kind == 5:
+        N, nd = d[2], d[6]
+        al = np.float32(f64p(pd + 40)[0])
+        if d[1] == 1:
+            al = -al
+        G = f32p(gq)
+        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if gx != 0:
+            X = f32p(gx)
+            for i in range(N):
+                X[_bcast_off(i, nd, pd + 56, pd + 56 + 8 * nd)] += G[i]
+        gy = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
+        if gy != 0:
+            Y = f32p(gy)
+            for i in range(N):
+                Y[_bcast_off(i, nd, pd + 56, pd + 56 + 16 * nd)] += al * G[i]
+        return
+    m, k, n = d[2], d[3], d[4]
+    if kind == 1:
+        gx = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
+        if gx != 0:     # dx (m x k) += G (m x n) W (n x k)
+            _rm_gemm_f32(d[1], m, k, n, one, gq, n, 1, d[8], d[9], d[10], one, gx)
+        gw = _grad_addr(p[2], PG, PLA, PLS, PLN, base)
+        if gw != 0:     # dW (n x k) += G.T (n x m) x (m x k)
+            _rm_gemm_f32(d[1], n, k, m, one, gq, 1, n, d[5], d[6], d[7], one, gw)
+        gb = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if gb != 0:     # dbias += G summed over rows
+            B = f32p(gb)
+            G = f32p(gq)
+            for j in range(n):
+                s = 0.0
+                for i in range(m):
+                    s += G[i * n + j]
+                B[j] += s
+    else:
+        ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
+            _rm_gemm_f32(d[1], m, k, n, one, gq, n, 1, d[8], d[10], d[9], one, ga)
+        gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
+        if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
+            _rm_gemm_f32(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, 1, one, gb)
 
 
 @njit(**NJIT_INNER)
@@ -649,12 +823,13 @@ def _fwd_tiles_f64(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
 
 
 @njit(**NJIT)
-def forward_f64(T, F, lo, hi):  # pragma: no cover
-    """Run records lo..hi-1 in program order; stop at an escape record or at a
-    record of the other float dtype (each dtype compiles only when used).
-    T / F: the tape rows as int64 / float64 (two arguments: each array argument
-    costs ~1 us to unbox, and this is called once per flush)."""
+def forward_f64(T, F, E, lo, hi):  # pragma: no cover
+    """Run records lo..hi-1 in program order; stop at an escape record (but a native one)
+    or at a record of the other float dtype (each dtype compiles only when used).
+    T / F: the tape rows as int64 / float64 (each array argument costs ~1 us to unbox, and
+    this is called once per flush); E: the escape records' producer lists and descriptors."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    PE = addr_of(E)
     r = lo
     while r < hi:
         k = code[r]
@@ -662,8 +837,14 @@ def forward_f64(T, F, lo, hi):  # pragma: no cover
         if op == 0:
             r += 1
             continue
-        if op == 1 or (k & 3) != 1:
+        if (k & 3) != 1:
             return r
+        if op == 1:
+            if b[r] == 0:
+                return r
+            _nat_fwd_f64(PE + 8 * b[r], out[r])
+            r += 1
+            continue
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_f64: its parallel loop compiles only when used (bench C0)
         _fwd_one_f64(code[r], out[r], a[r], b[r], c[r], 0, n[r])
@@ -720,13 +901,14 @@ def _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # 
 
 
 @njit(**NJIT)
-def backward_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+def backward_f64(T, F, E, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
-    stop at an escape record or a record of the other float dtype and return
-    its index. Runs of large elementwise
+    stop at an escape record (but a native one) or a record of the other float dtype
+    and return its index. Runs of large elementwise
     records go tile by tile (in parallel unless an input is broadcast)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
+    PE = addr_of(E)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -734,9 +916,15 @@ def backward_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):
             continue
         k = code[r]
         op = k >> 5
-        if op == 1 or (op != 0 and (k & 3) != 1):
-            return r
         if op == 0:
+            r -= 1
+            continue
+        if (k & 3) != 1:
+            return r
+        if op == 1:
+            if b[r] == 0:
+                return r
+            _nat_bwd_f64(PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base)
             r -= 1
             continue
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
@@ -778,6 +966,142 @@ def bwd_run_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  
         _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
     return s - 1
 
+
+
+# Native escape records (Note [native records] in ops/pyops.py): E[d] kind, E[d + 1] the
+# gemm's address (or a sub-kind), then (1, addmm: x @ W.T + bias) m, k, n, x, xs0, xs1, W, ws0,
+# ws1, bias, bs; (2, mm: A @ B) m, k, n, A, as0, as1, B, bs0, bs1; (3, mse_loss) N, x, t, mean;
+# (4, a view) N, offset, nd, shape[nd], strides[nd]: the view's elements in its input's gradient;
+# (5, broadcast add (E[d + 1] = 0) or sub (1) of contiguous inputs) N, x, y, alpha's bits, nd,
+# shape[nd], x strides[nd], y strides[nd] (0 on broadcast dimensions). Strides in elements; the
+# inputs' gradients are contiguous (their producers' buffers).
+@njit(**NJIT_INNER)
+def _rm_gemm_f64(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # pragma: no cover
+    """Row-major C (m x n, contiguous) = alpha A B + beta C for A (m x k) and B (k x n) given by
+    element strides: Fortran's column-major C^T = B^T A^T."""
+    tb, ldb = _cm_layout(k, n, bs0, bs1)
+    ta, lda = _cm_layout(m, k, as0, as1)
+    gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
+
+
+@njit(**NJIT_INNER)
+def _nat_fwd_f64(pd, o):  # pragma: no cover
+    d = i64p(pd)
+    kind = d[0]
+    if kind == 3:
+        N = d[2]
+        x = f64p(d[3])
+        t = f64p(d[4])
+        acc = 0.0
+        for i in range(N):
+            v = np.float64(x[i]) - np.float64(t[i])
+            acc += v * v
+        f64p(o)[0] = acc / N if d[5] else acc
+        return
+    if kind == 4:
+        return          # a view: its output is its input's storage
+    if kind == 5:
+        N, nd = d[2], d[6]
+        al = np.float64(f64p(pd + 40)[0])
+        if d[1] == 1:
+            al = -al
+        x = f64p(d[3])
+        y = f64p(d[4])
+        z = f64p(o)
+        for i in range(N):
+            z[i] = x[_bcast_off(i, nd, pd + 56, pd + 56 + 8 * nd)] + al * y[_bcast_off(i, nd, pd + 56,
+                                                                                        pd + 56 + 16 * nd)]
+        return
+    m, k, n = d[2], d[3], d[4]
+    one = np.float64(1.0)
+    zero = np.float64(0.0)
+    if kind == 1:       # x @ W.T: W.T has W's strides swapped
+        _rm_gemm_f64(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[10], d[9], zero, o)
+        y = f64p(o)
+        bb = f64p(d[11])
+        bs = d[12]
+        for i in range(m):
+            for j in range(n):
+                y[i * n + j] += bb[j * bs]
+    else:
+        _rm_gemm_f64(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
+
+
+@njit(**NJIT_INNER)
+def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base):  # pragma: no cover
+    """pd: the descriptor's address, pp: the producer list's, gq: the record's gradient."""
+    d = i64p(pd)
+    p = i64p(pp)
+    kind = d[0]
+    one = np.float64(1.0)
+    if kind == 3:
+        N = d[2]
+        v = np.float64(np.float64(2.0) * f64p(gq)[0])
+        if d[5]:
+            v = v / np.float64(N)
+        x = f64p(d[3])
+        t = f64p(d[4])
+        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if gx != 0:
+            X = f64p(gx)
+            for i in range(N):
+                X[i] += np.float64(x[i] - t[i]) * v
+        gt = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
+        if gt != 0:
+            Y = f64p(gt)
+            for i in range(N):
+                Y[i] -= np.float64(x[i] - t[i]) * v
+        return
+    if kind == 4:
+        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if gx != 0:
+            N, off, nd = d[2], d[3], d[4]
+            X = f64p(gx)
+            G = f64p(gq)
+            for i in range(N):
+                X[off + _bcast_off(i, nd, pd + 40, pd + 40 + 8 * nd)] += G[i]
+        return
+    if kind == 5:
+        N, nd = d[2], d[6]
+        al = np.float64(f64p(pd + 40)[0])
+        if d[1] == 1:
+            al = -al
+        G = f64p(gq)
+        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if gx != 0:
+            X = f64p(gx)
+            for i in range(N):
+                X[_bcast_off(i, nd, pd + 56, pd + 56 + 8 * nd)] += G[i]
+        gy = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
+        if gy != 0:
+            Y = f64p(gy)
+            for i in range(N):
+                Y[_bcast_off(i, nd, pd + 56, pd + 56 + 16 * nd)] += al * G[i]
+        return
+    m, k, n = d[2], d[3], d[4]
+    if kind == 1:
+        gx = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
+        if gx != 0:     # dx (m x k) += G (m x n) W (n x k)
+            _rm_gemm_f64(d[1], m, k, n, one, gq, n, 1, d[8], d[9], d[10], one, gx)
+        gw = _grad_addr(p[2], PG, PLA, PLS, PLN, base)
+        if gw != 0:     # dW (n x k) += G.T (n x m) x (m x k)
+            _rm_gemm_f64(d[1], n, k, m, one, gq, 1, n, d[5], d[6], d[7], one, gw)
+        gb = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if gb != 0:     # dbias += G summed over rows
+            B = f64p(gb)
+            G = f64p(gq)
+            for j in range(n):
+                s = 0.0
+                for i in range(m):
+                    s += G[i * n + j]
+                B[j] += s
+    else:
+        ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
+            _rm_gemm_f64(d[1], m, k, n, one, gq, n, 1, d[8], d[10], d[9], one, ga)
+        gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
+        if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
+            _rm_gemm_f64(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, 1, one, gb)
 
 
 @njit(**NJIT_INNER)

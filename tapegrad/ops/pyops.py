@@ -14,6 +14,7 @@ import struct
 import numpy as np
 
 from .. import _dtype as D
+from .. import config
 from ..autograd.grad_mode import _STATE as _GRAD
 from ..storage import byte_span
 from ..tape.tape import ROW, TAPE
@@ -33,14 +34,15 @@ def _T():
 
 # ----- the record helper ---------------------------------------------------------
 
-def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True, lin=None):
+def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True, lin=None, native=None):
     """Append an escape record computing `out` from tensors `ins`.
 
     fwd(*in_np) -> array written into out (or None if fwd wrote it itself);
     bwd(g, out_np, *in_np) -> one gradient (or None) per input;
     lin: the op is linear in its float inputs (its VJP is then linear too, and create_graph
     differentiates it without a rule of its own): True when fwd is that linear map, else
-    lin(tangents, out_np, in_np) -> the map applied to tangents."""
+    lin(tangents, out_np, in_np) -> the map applied to tangents;
+    native: the record's descriptor for the jitted replay (Note [native records])."""
     T = _T()
     rg = grad and bwd is not None and _GRAD[0] and any(t._rg for t in ins)
     ivs = [t._view_np() for t in ins]
@@ -66,7 +68,8 @@ def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True, lin
     spans = [(t._addr, t._shape, t._stride, t._dtype.itemsize) for t in ins] if (rg and saves) else None
     spec = OPS[name] if isinstance(name, str) else name
     r = TAPE.pyrecord(spec, f, b, [(t._shape, t._dtype.np) for t in ins], (out._shape, out._dtype.np),
-                      out._n, out._dtype.code & 3, out._addr, prods, attrs, saves, grad=rg, spans=spans)
+                      out._n, out._dtype.code & 3, out._addr, prods, attrs, saves, grad=rg, spans=spans,
+                      native=native)
     if rg:
         rec = TAPE.py[r]
         rec.ivs, rec.ov, rec.raw = ivs, ov, bwd
@@ -205,7 +208,11 @@ def binary_py(name, x, y, c=1.0, scalar=False):
             gx = sum_to(np.broadcast_to(gx, shape), xs)
             gy = sum_to(np.broadcast_to(gy, shape), ys)
             return gx, gy
-    return record(name, out, [x, y], fwd, bwd, attrs={"c": c})
+    nat = None
+    if name in ("add", "sub") and x._contig and y._contig and _native_ok(out, [x, y]):
+        nat = [5, 1 if name == "sub" else 0, out._n, x._addr, y._addr, _F64BITS(float(c))[0], len(shape)]
+        nat += list(shape) + _grad_strides(x._shape, shape) + _grad_strides(y._shape, shape)
+    return record(name, out, [x, y], fwd, bwd, attrs={"c": c}, native=nat)
 
 
 def to_dtype(x, dt, hidden=False):
@@ -239,8 +246,9 @@ def _view_out(x, res):
     return t
 
 
-def view_op(name, x, vf, bwd=None):
-    """Apply NumPy view function `vf` to x's storage; record for autograd."""
+def view_op(name, x, vf, bwd=None, perm=None):
+    """Apply NumPy view function `vf` to x's storage; record for autograd. perm: the view is
+    x's dimensions in this order (transposes: its native descriptor without _fake)."""
     res = vf(x._view_np())
     out = _view_out(x, res)
     if x._rg and _GRAD[0]:
@@ -250,7 +258,8 @@ def view_op(name, x, vf, bwd=None):
                 gx = np.zeros(shape, g.dtype)
                 vf(gx)[...] = g
                 return (gx,)
-        record(name, out, [x], lambda xv: None, bwd, saves=False, lin=lambda ts, o, ivs: vf(ts[0]))
+        record(name, out, [x], lambda xv: None, bwd, saves=False, lin=lambda ts, o, ivs: vf(ts[0]),
+               native=_view_native(out, x, vf, perm))
     return out
 
 
@@ -260,13 +269,15 @@ def transpose(x, d0, d1):
     a, b = T._wrap_dim(d0, n), T._wrap_dim(d1, n)
     if n == 0:
         return view_op("transpose", x, lambda v: v)
-    return view_op("transpose", x, lambda v: np.swapaxes(v, a, b))
+    perm = list(range(n))
+    perm[a], perm[b] = b, a
+    return view_op("transpose", x, lambda v: np.swapaxes(v, a, b), perm=perm)
 
 
 def t(x):
     if x.dim() > 2:
         raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {x.dim()}D")
-    return view_op("t", x, lambda v: v.T)
+    return view_op("t", x, lambda v: v.T, perm=list(range(x.dim()))[::-1])
 
 
 def permute(x, dims):
@@ -279,7 +290,7 @@ def permute(x, dims):
     dims = tuple(T._wrap_dim(d, n) for d in dims)
     if len(set(dims)) != n:
         raise RuntimeError("permute(): duplicate dims are not allowed.")
-    return view_op("permute", x, lambda v: np.transpose(v, dims))
+    return view_op("permute", x, lambda v: np.transpose(v, dims), perm=list(dims))
 
 
 def _infer_shape(shape, n):
@@ -787,7 +798,98 @@ def matmul(a, b):
         gb = sum_to(np.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(bsh) if needs[1] else None
         return ga, gb
     bwd.needs_aware = True
-    return record(name, out, [a, b], fwd, bwd)
+    nat = _mm_native(out, a, b) if a.dim() == 2 and b.dim() == 2 else None
+    return record(name, out, [a, b], fwd, bwd, native=nat)
+
+
+# Note [native records]: a matrix product (2-D matmul, nn.Linear's addmm) and mse_loss stay
+# escape records, with their grad_fn, saved tensors and NumPy closures (which hooks, anomaly
+# mode, create_graph and the printer use), but the jitted replay runs them itself from a
+# descriptor after their producer list in ``edges`` (layout in kernels/gen_cpu.py): BLAS gemm
+# through SciPy's address (kernels/blas.py), the bias and the loss in loops. A training step of
+# small layers (W5) is then one jitted call forward and one backward, not one Python round trip
+# per product. A record gets a descriptor only when every operand is a float tensor of the
+# output's dtype, non-empty, and each matrix has one unit stride (what gemm can read).
+_I32 = 1 << 31
+
+
+def _gemm_strides(t):
+    """(s0, s1) of a 2-D tensor that gemm can read (one unit stride, the other its leading
+    dimension), or None."""
+    (r, c), (s0, s1) = t._shape, t._stride
+    if not (0 < r < _I32 and 0 < c < _I32 and 0 <= s0 < _I32 and 0 <= s1 < _I32):
+        return None
+    if c == 1:
+        s1 = 1
+    if r == 1 and s1 != 1:
+        s0 = 1
+    if s1 == 1 and (r == 1 or s0 >= c):
+        return (s0, s1)
+    if s0 == 1 and (c == 1 or s1 >= r):
+        return (s0, s1)
+    return None
+
+
+def _native_ok(out, ins):
+    if not config.NATIVE or not out._dtype.is_floating_point or out._dtype.itemsize not in (4, 8):
+        return False
+    return all(t._dtype is out._dtype and t._n > 0 for t in ins)
+
+
+_F64BITS = (lambda f, _p=struct.Struct("<d").pack, _u=struct.Struct("<q").unpack: _u(_p(f)))
+
+
+def _fake(shape):
+    """A contiguous int8 array of `shape` over one byte (only its strides and offsets are read):
+    view functions applied to it give a view's element offset and strides in the contiguous
+    layout of its input, which is its input's gradient's layout."""
+    st = _T()._contig_strides(shape)
+    return np.lib.stride_tricks.as_strided(np.zeros(1, np.int8), shape, st)
+
+
+def _grad_strides(shape, out_shape):
+    """Element strides of a contiguous operand of `shape` broadcast to `out_shape`."""
+    st = _T()._contig_strides(shape)
+    lead = len(out_shape) - len(shape)
+    return [0] * lead + [0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape[lead:], st)]
+
+
+def _view_native(out, x, vf, perm=None):
+    """The descriptor (kind 4) of a view of x: where each of its elements lies in x's gradient."""
+    if not _native_ok(out, [x]) or out._n == 0:
+        return None
+    if perm is not None:
+        st = _T()._contig_strides(x._shape)
+        return [4, 0, out._n, 0, len(perm)] + [x._shape[i] for i in perm] + [st[i] for i in perm]
+    f = _fake(x._shape)
+    v = vf(f)
+    if v.shape != out._shape or not np.may_share_memory(v, f) or v.ndim > 16:
+        return None
+    off = v.__array_interface__["data"][0] - f.__array_interface__["data"][0]
+    return [4, 0, out._n, off, v.ndim] + list(v.shape) + list(v.strides)
+
+
+def _gemm_fn(dt):
+    from ..kernels.blas import address
+    return address("f" if dt.itemsize == 4 else "d")
+
+
+def _mm_native(out, a, b, bias=None):
+    """The descriptor of out = a @ b (kind 2), or of out = a @ b.T + bias (kind 1), or None."""
+    if not _native_ok(out, [a, b] + ([bias] if bias is not None else [])):
+        return None
+    sa, sb = _gemm_strides(a), _gemm_strides(b)
+    fn = _gemm_fn(out._dtype)
+    if sa is None or sb is None or not fn:
+        return None
+    m, k = a._shape
+    if bias is None:
+        return [2, fn, m, k, b._shape[1], a._addr, sa[0], sa[1], b._addr, sb[0], sb[1]]
+    n = b._shape[0]
+    if bias._n != n or bias.dim() not in (1, 2) or (bias.dim() == 2 and bias._shape[0] != 1):
+        return None
+    return [1, fn, m, k, n, a._addr, sa[0], sa[1], b._addr, sb[0], sb[1], bias._addr,
+            bias._stride[-1] if n > 1 else 0]
 
 
 def _cname(dt):
@@ -818,7 +920,7 @@ def addmm(bias, x, w_t_src, transpose_w=True):
                 g.T @ xv if needs[2] else None)
     fwd.writes_out = True
     bwd.needs_aware = True
-    return record("addmm", out, [bias, x, w], fwd, bwd)
+    return record("addmm", out, [bias, x, w], fwd, bwd, native=_mm_native(out, x, w, bias))
 
 
 def mse_loss(x, t, reduction):
@@ -840,7 +942,10 @@ def mse_loss(x, t, reduction):
         d = np.broadcast_to(d, shape)
         return (sum_to(d, xs) if needs[0] else None, sum_to(-d, ts) if needs[1] else None)
     bwd.needs_aware = True
-    return record("mse_loss", out, [x, t], fwd, bwd, attrs={"reduction": reduction})
+    nat = None
+    if xs == ts and x._contig and t._contig and _native_ok(out, [x, t]):
+        nat = [3, 0, n, x._addr, t._addr, 1 if reduction == "mean" else 0]
+    return record("mse_loss", out, [x, t], fwd, bwd, attrs={"reduction": reduction}, native=nat)
 
 
 # ----- joining ---------------------------------------------------------------------------

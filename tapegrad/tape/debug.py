@@ -30,6 +30,9 @@ def check_addresses(tape, T, lo, hi, gaddr=None, extra=()):
     for i in range(lo, hi):
         code, n = int(T[i, 0]), int(T[i, 1])
         op = code >> 5
+        if op == PY and int(T[i, 4]):
+            _check_native(tape, spans, i, int(T[i, 2]), int(T[i, 4]), code, gaddr)
+            continue
         if op == PY or op == 0:
             continue
         isz = 4 if (code & 3) == 0 else 8
@@ -51,3 +54,38 @@ def check_addresses(tape, T, lo, hi, gaddr=None, extra=()):
                 raise AssertionError(f"TAPEGRAD_DEBUG: record %{i + tape.base} ({spec.name}) operand {what} at "
                                      f"{addr:#x} ({cnt} x {isz} bytes) is outside every live buffer")
     return True
+
+
+def _span(shape, strides):
+    """Elements from a strided operand's first to its last, inclusive."""
+    return 1 + sum((d - 1) * s for d, s in zip(shape, strides))
+
+
+def _check_native(tape, spans, i, out, d, code, gaddr):
+    """A native escape record's operands (its descriptor in ``edges``, kernels/gen_cpu.py)."""
+    E = tape.edges
+    kind = E[d]
+    isz = 4 if (code & 3) == 0 else 8
+    if kind == 3:
+        N = E[d + 2]
+        checks = [("out", out, 1), ("x", E[d + 3], N), ("t", E[d + 4], N)]
+    elif kind == 4:
+        checks = [("out", out, E[d + 2])]
+    elif kind == 5:
+        N, nd = E[d + 2], E[d + 6]
+        shape = E[d + 7:d + 7 + nd]
+        checks = [("out", out, N), ("x", E[d + 3], _span(shape, E[d + 7 + nd:d + 7 + 2 * nd])),
+                  ("y", E[d + 4], _span(shape, E[d + 7 + 2 * nd:d + 7 + 3 * nd]))]
+    else:
+        m, k, n = E[d + 2], E[d + 3], E[d + 4]
+        bshape = (n, k) if kind == 1 else (k, n)
+        checks = [("out", out, m * n), ("a", E[d + 5], _span((m, k), (E[d + 6], E[d + 7]))),
+                  ("b", E[d + 8], _span(bshape, (E[d + 9], E[d + 10])))]
+        if kind == 1:
+            checks.append(("bias", E[d + 11], 1 + (n - 1) * E[d + 12]))
+    if gaddr is not None and gaddr[i]:
+        checks.append(("grad", int(gaddr[i]), checks[0][2]))
+    for what, addr, cnt in checks:
+        if not _inside(spans, addr, cnt * isz):
+            raise AssertionError(f"TAPEGRAD_DEBUG: record %{i + tape.base} (native {kind}) operand {what} at "
+                                 f"{addr:#x} ({cnt} x {isz} bytes) is outside every live buffer")

@@ -246,17 +246,27 @@ class Tape:
         self.last_kept = buf
 
     def pyrecord(self, spec, fwd, bwd, ins, out, n, dt, out_addr, producers, attrs=None, saves=True, grad=True,
-                 spans=None):
-        """Append an escape record; returns its global index."""
+                 spans=None, native=None):
+        """Append an escape record; returns its global index. `native`: the descriptor with which
+        the jitted replay runs the record itself (ops/pyops.py's Note [native records]); it
+        follows the producer list in ``edges``, and column b holds its offset (0: none)."""
         r = self.next_index
         e = len(self.edges)
+        d = e + 1 + len(producers) if native else 0
         self.edges.append(len(producers))
         self.edges.extend(producers)
-        self.append((PY << 5) | dt, n, out_addr, e, 0, -1, -1, 1 if grad else 0, 0.0)
+        if native:
+            self.edges.extend(native)
+        self.append((PY << 5) | dt, n, out_addr, e, d, -1, -1, 1 if grad else 0, 0.0)
         self.py[r] = PyRec(spec, fwd, bwd, ins, out, attrs, saves, spans)
         if self.anomaly_stacks:
             self.capture_stacks(r, r + 1)
         return r
+
+    def edges_np(self):
+        """The producer lists and native descriptors as an int64 array, for one jitted call (the
+        view must not outlive it: ``edges`` cannot grow while it is exported)."""
+        return np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES
 
     def capture_stacks(self, lo, hi):
         """Anomaly mode: remember the Python stack that recorded records lo..hi-1 (the frames
@@ -299,11 +309,11 @@ class Tape:
         try:
             while lo < end:
                 f64 = (T[lo, 0] & 3) == 1
-                i = (R.forward_f64 if f64 else R.forward_f32)(T, C, lo, end)
+                i = (R.forward_f64 if f64 else R.forward_f32)(T, C, self.edges_np(), lo, end)
                 if i < 0:
                     break
                 k = T[i, 0]
-                if (k >> 5) == PY:
+                if (k >> 5) == PY and T[i, 4] == 0:    # (native records run in the kernel of their dtype)
                     self.py[i + self.base].fwd()
                     lo = i + 1
                 elif ((k & 3) == 1) == f64:   # a run of large elementwise records, in tiles
@@ -362,7 +372,7 @@ class Tape:
         """(live[i] per physical record, length of the dead prefix that already ran,
         used[slot] per leaf slot a live record reads): one jitted pass."""
         T, _ = self.cols()
-        edges = np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES
+        edges = self.edges_np()
         used = np.zeros(len(self.leaf_addr), np.uint8)
         pins = np.fromiter(self.pins, np.int64, len(self.pins)) if self.pins else _NO_PINS
         live, k = _lifetime.sweep(T, edges, self.base, self.flushed - self.base, used, pins)
@@ -575,8 +585,7 @@ class Tape:
         need = np.zeros(root - base + 1, np.int64)
         for r in roots:
             need[r - base] = 1
-        total = R.mark(T, np.frombuffer(self.edges, np.int64) if len(self.edges) else _NO_EDGES, root, base,
-                       base, need)
+        total = R.mark(T, self.edges_np(), root, base, base, need)
         if total < 0:
             del T, C
             raise RuntimeError(SECOND_TIME)
@@ -825,16 +834,19 @@ class Tape:
         """Jitted reverse replay of physical records hi..lo; escape records in Python."""
         while hi >= lo:
             T, C = self.cols()
+            E = self.edges_np()
             try:
                 f64 = (T[hi, 0] & 3) == 1
-                i = (R.backward_f64 if f64 else R.backward_f32)(T, C, P.gaddr, P.la, P.ls, P.ln, self.base, hi, lo)
+                i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, P.gaddr, P.la, P.ls, P.ln, self.base, hi,
+                                                                lo)
                 while i >= 0 and (T[i, 0] >> 5) != PY and ((T[i, 0] & 3) == 1) == f64:
                     # a run of large elementwise records, in tiles; then on from the record before it
                     i = (R.bwd_run_f64 if f64 else R.bwd_run_f32)(T, C, P.gaddr, P.la, P.ls, P.ln, self.base, i, lo)
-                    i = (R.backward_f64 if f64 else R.backward_f32)(T, C, P.gaddr, P.la, P.ls, P.ln, self.base, i, lo)
-                py = i >= 0 and (T[i, 0] >> 5) == PY
+                    i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, P.gaddr, P.la, P.ls, P.ln, self.base,
+                                                                    i, lo)
+                py = i >= 0 and (T[i, 0] >> 5) == PY and T[i, 4] == 0   # (a native one: the other dtype)
             finally:
-                del T, C
+                del T, C, E
             if i < 0:
                 return
             if py:
