@@ -382,16 +382,32 @@ def _cm_layout(r, c, s0, s1):  # pragma: no cover
 
 
 @njit(**NJIT_INNER)
-def _bcast_off(i, nd, pshape, pstr):  # pragma: no cover
-    """Offset of the i-th element (C order) of an nd-dim shape at pshape in a strided operand
-    (strides at pstr)."""
+def _offsets(N, nd, pshape, pstr):  # pragma: no cover
+    """Offsets of the N elements (C order) of an nd-dim shape (at pshape) in a strided operand
+    (strides at pstr), counted like an odometer (no division per element)."""
     sh = i64p(pshape)
     st = i64p(pstr)
-    off = 0
-    for j in range(nd - 1, -1, -1):
-        off += (i % sh[j]) * st[j]
-        i //= sh[j]
-    return off
+    out = np.zeros(N, np.int64)
+    if nd == 0:
+        return out
+    last, sl = sh[nd - 1], st[nd - 1]
+    idx = np.zeros(nd, np.int64)
+    base = 0
+    i = 0
+    while i < N:
+        for j in range(last):
+            out[i + j] = base + j * sl
+        i += last
+        q = nd - 2
+        while q >= 0:
+            idx[q] += 1
+            base += st[q]
+            if idx[q] < sh[q]:
+                break
+            base -= idx[q] * st[q]
+            idx[q] = 0
+            q -= 1
+    return out
 
 
 @njit(**NJIT_INNER)
@@ -627,9 +643,10 @@ def _nat_fwd_f32(pd, o):  # pragma: no cover
         x = f32p(d[3])
         y = f32p(d[4])
         z = f32p(o)
+        ox = _offsets(N, nd, pd + 56, pd + 56 + 8 * nd)
+        oy = _offsets(N, nd, pd + 56, pd + 56 + 16 * nd)
         for i in range(N):
-            z[i] = x[_bcast_off(i, nd, pd + 56, pd + 56 + 8 * nd)] + al * y[_bcast_off(i, nd, pd + 56,
-                                                                                        pd + 56 + 16 * nd)]
+            z[i] = x[ox[i]] + al * y[oy[i]]
         return
     m, k, n = d[2], d[3], d[4]
     one = np.float32(1.0)
@@ -675,10 +692,11 @@ def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base):  # pragma: no cover
         gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gx != 0:
             N, off, nd = d[2], d[3], d[4]
-            X = f32p(gx)
+            X = f32p(gx + off * 4)
             G = f32p(gq)
+            ox = _offsets(N, nd, pd + 40, pd + 40 + 8 * nd)
             for i in range(N):
-                X[off + _bcast_off(i, nd, pd + 40, pd + 40 + 8 * nd)] += G[i]
+                X[ox[i]] += G[i]
         return
     if kind == 5:
         N, nd = d[2], d[6]
@@ -689,13 +707,15 @@ def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base):  # pragma: no cover
         gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gx != 0:
             X = f32p(gx)
+            ox = _offsets(N, nd, pd + 56, pd + 56 + 8 * nd)
             for i in range(N):
-                X[_bcast_off(i, nd, pd + 56, pd + 56 + 8 * nd)] += G[i]
+                X[ox[i]] += G[i]
         gy = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gy != 0:
             Y = f32p(gy)
+            oy = _offsets(N, nd, pd + 56, pd + 56 + 16 * nd)
             for i in range(N):
-                Y[_bcast_off(i, nd, pd + 56, pd + 56 + 16 * nd)] += al * G[i]
+                Y[oy[i]] += al * G[i]
         return
     m, k, n = d[2], d[3], d[4]
     if kind == 1:
@@ -1008,9 +1028,10 @@ def _nat_fwd_f64(pd, o):  # pragma: no cover
         x = f64p(d[3])
         y = f64p(d[4])
         z = f64p(o)
+        ox = _offsets(N, nd, pd + 56, pd + 56 + 8 * nd)
+        oy = _offsets(N, nd, pd + 56, pd + 56 + 16 * nd)
         for i in range(N):
-            z[i] = x[_bcast_off(i, nd, pd + 56, pd + 56 + 8 * nd)] + al * y[_bcast_off(i, nd, pd + 56,
-                                                                                        pd + 56 + 16 * nd)]
+            z[i] = x[ox[i]] + al * y[oy[i]]
         return
     m, k, n = d[2], d[3], d[4]
     one = np.float64(1.0)
@@ -1056,10 +1077,11 @@ def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base):  # pragma: no cover
         gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gx != 0:
             N, off, nd = d[2], d[3], d[4]
-            X = f64p(gx)
+            X = f64p(gx + off * 8)
             G = f64p(gq)
+            ox = _offsets(N, nd, pd + 40, pd + 40 + 8 * nd)
             for i in range(N):
-                X[off + _bcast_off(i, nd, pd + 40, pd + 40 + 8 * nd)] += G[i]
+                X[ox[i]] += G[i]
         return
     if kind == 5:
         N, nd = d[2], d[6]
@@ -1070,13 +1092,15 @@ def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base):  # pragma: no cover
         gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gx != 0:
             X = f64p(gx)
+            ox = _offsets(N, nd, pd + 56, pd + 56 + 8 * nd)
             for i in range(N):
-                X[_bcast_off(i, nd, pd + 56, pd + 56 + 8 * nd)] += G[i]
+                X[ox[i]] += G[i]
         gy = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gy != 0:
             Y = f64p(gy)
+            oy = _offsets(N, nd, pd + 56, pd + 56 + 16 * nd)
             for i in range(N):
-                Y[_bcast_off(i, nd, pd + 56, pd + 56 + 16 * nd)] += al * G[i]
+                Y[oy[i]] += al * G[i]
         return
     m, k, n = d[2], d[3], d[4]
     if kind == 1:
