@@ -307,7 +307,7 @@ def backward_graph(tensors, seeds, inputs):
     want = {x._rec for x in inputs if x._rec >= 0} if inputs is not None else set()
     rows = []
     if roots:
-        need, _ = TAPE.mark_roots(roots)
+        need, _, _ = TAPE.mark_roots(roots)
         rows = _snapshot(need)
         TAPE.flush()
     shapes = {g: _out_shape(g, row, rec) for g, row, c, rec in rows}

@@ -612,21 +612,28 @@ def _grad_addr(p, pg, pla, pls, pln, base):  # pragma: no cover
     for suf, ptr, isz, dt, dtname in (("f32", "f32p", 4, 0, "float32"), ("f64", "f64p", 8, 1, "float64")):
         body += typed.format(suf=suf, ptr=ptr, isz=isz, dt=dt, dtname=dtname, ty="np." + dtname)
     body += f'''@njit(**NJIT)
-def mark(T, edges, root, lo, base, need):  # pragma: no cover
-    """Mark the records reachable from `root` that lead to a gradient; return
-    the bytes of gradient scratch they need (need[r] = byte offset + 1), or
-    -(r + 1) for the first reachable record that was already freed."""
+def mark(T, edges, root, lo, base, need, left):  # pragma: no cover
+    """Mark the records reachable from `root` that lead to a gradient; return (the bytes of
+    gradient scratch they need (need[r] = byte offset + 1), or -(r + 1) for the first reachable
+    record that was already freed; the lowest record marked). `left`: the records marked in
+    need on entry (the roots); the walk stops once every marked record is visited, so that a
+    backward costs what it reaches, not the tape's length."""
     code, n, a, pa, pb = T[:, 0], T[:, 1], T[:, 3], T[:, 5], T[:, 6]
     need[root - lo] = 1
     total = 0
-    for r in range(root, lo - 1, -1):
+    low = root
+    r = root
+    while r >= lo and left > 0:
         i = r - lo
         if need[i] == 0:
+            r -= 1
             continue
+        left -= 1
+        low = r
         k = code[r - base]
         op = k >> 5
         if op == 0 or (k >> 4) & 1:
-            return -(r + 1)
+            return -(r + 1), low
         isz = 4 if (k & 3) == 0 else 8
         need[i] = total + 1
         total += ((n[r - base] * isz + 63) // 64) * 64
@@ -634,16 +641,20 @@ def mark(T, edges, root, lo, base, need):  # pragma: no cover
             e = a[r - base]
             for j in range(edges[e]):
                 p = edges[e + 1 + j]
-                if p >= lo:
+                if p >= lo and need[p - lo] == 0:
                     need[p - lo] = 1
+                    left += 1
         else:
             p = pa[r - base]
-            if p >= lo:
+            if p >= lo and need[p - lo] == 0:
                 need[p - lo] = 1
+                left += 1
             p = pb[r - base]
-            if p >= lo:
+            if p >= lo and need[p - lo] == 0:
                 need[p - lo] = 1
-    return total
+                left += 1
+        r -= 1
+    return total, low
 '''
     return body
 

@@ -1,4 +1,4 @@
-"""float32 sin, cos and exp that LLVM vectorizes, for the CPU replay.
+"""float32 sin, cos, exp and tanh that LLVM vectorizes, for the CPU replay.
 
 Numba compiles ``math.sin`` of a float32 to a call of libm's ``sinf`` per element:
 about 8 ns each here, where NumPy's SIMD loops take under 1 ns, and W3
@@ -15,7 +15,11 @@ runs the fast rule branch-free over a tile, then libm's rule where ``fast_ok`` i
 false (a second, rarely taken pass), so the loop still vectorizes.
 
 ``exp`` follows the same plan: x = k ln2 + r, |r| <= ln2/2, a degree-9 Taylor
-polynomial in double (error < 3e-11), times 2^k built from its bits.
+polynomial in double (error < 3e-11), times 2^k built from its bits. ``tanh`` is
+1 - 2 / (exp(2|x|) + 1) with that exp, and an odd Taylor polynomial below |x| = 0.04
+where the formula would lose digits (0.5001 ulp measured; 1.5 us against 10 us for
+1024 elements). NOTE: these loops vectorize only under ``error_model="numpy"``
+(config.NJIT): Python's error model checks every division for zero.
 
 Each rule here (``sin_f``, ``sin_b``, ...) mirrors ``elementwise.py``'s of the
 same name with these functions in place of ``math``'s; ``gen_cpu.py`` uses it for
@@ -86,6 +90,28 @@ def _exp32(x):  # pragma: no cover
     return np.float32(v)
 
 
+@njit(inline="always", **NJIT_INNER)
+def _tanh32(x):  # pragma: no cover
+    """tanh of a float32: 1 - 2 / (exp(2|x|) + 1) in double, and an odd Taylor polynomial
+    below |x| = 0.04 (where that formula would lose digits: relative error < 1e-16 there)."""
+    d = np.float64(x)
+    a = abs(d)
+    a = a if a < 10.0 else 10.0           # tanh(10) rounds to 1 in float32 (nan: below)
+    t = 2.0 * a
+    k = math.floor(t * _INVLN2 + 0.5)
+    r = t - k * _LN2
+    p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (
+        1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880)))))))))
+    e = p * _i64_as_f64((np.int64(k) + 1023) << 52)
+    big = 1.0 - 2.0 / (e + 1.0)
+    z = a * a
+    small = a + a * z * (-1.0 / 3 + z * (2.0 / 15 + z * (-17.0 / 315 + z * (62.0 / 2835))))
+    v = small if a < 0.04 else big
+    v = math.copysign(v, d)
+    v = d if d != d else v
+    return np.float32(v)
+
+
 def fast_ok(x):
     """Whether the fast path is exact enough for x (else the caller uses elementwise.py's rule)."""
     return abs(x) < _BIG
@@ -108,6 +134,17 @@ def vcos(x):
 
 def vexp(x):
     return math.exp(x)
+
+
+def vtanh(x):
+    return math.tanh(x)
+
+
+@overload(vtanh, inline="always")
+def _ov_tanh(x):
+    if x == types.float32:
+        return lambda x: _tanh32(x)
+    return lambda x: math.tanh(x)
 
 
 @overload(vsin, inline="always")
@@ -153,9 +190,13 @@ def cos_b(x, y, g, c):
     return -g * vsin(x)
 
 
+def tanh_f(x, c):
+    return vtanh(x)
+
+
 #: rules with a vectorizable version here; those in CHECKED hold only where fast_ok(x): the
 #: generated loop is followed by a (rarely taken) pass with elementwise.py's rule elsewhere
-RULES = ("exp_f", "sin_f", "sin_b", "cos_f", "cos_b")
+RULES = ("exp_f", "sin_f", "sin_b", "cos_f", "cos_b", "tanh_f")
 CHECKED = ("sin_f", "sin_b", "cos_f", "cos_b")
 
 

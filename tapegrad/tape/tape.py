@@ -576,31 +576,34 @@ class Tape:
             raise
 
     def mark_roots(self, roots):
-        """(need, total): need[g - base] = 1 + byte offset of the gradient of each record reachable
-        from global records `roots` (0 elsewhere), total = the scratch bytes they take. Raises
-        PyTorch's errors for a freed graph or a saved value modified in place (nothing has run)."""
+        """(need, total, idx): need[g - base] = 1 + byte offset of the gradient of each record
+        reachable from global records `roots` (0 elsewhere), total = the scratch bytes they take,
+        idx = the physical indices of those records, ascending. Raises PyTorch's errors for a
+        freed graph or a saved value modified in place (nothing has run)."""
         base = self.base
         root = max(roots)
         T, C = self.cols()
         need = np.zeros(root - base + 1, np.int64)
-        for r in roots:
+        distinct = set(roots)
+        for r in distinct:
             need[r - base] = 1
-        total = R.mark(T, self.edges_np(), root, base, base, need)
+        total, low = R.mark(T, self.edges_np(), root, base, base, need, len(distinct))
         if total < 0:
             del T, C
             raise RuntimeError(SECOND_TIME)
+        idx = np.flatnonzero(need[low - base:]) + (low - base)
         try:
             if self.inplace_log:
-                self._check_versions(T, need, base)
+                self._check_versions(T, idx, base)
         finally:
             del T, C
-        return need, total
+        return need, total, idx
 
     def _backward(self, roots, seeds, retain_graph, leaves, only, capture):
         base = self.base
-        lo = base
         root = max(roots)
-        need, total = self.mark_roots(roots)
+        need, total, idx = self.mark_roots(roots)
+        lo = base + int(idx[0])     # the lowest record this backward reaches
         if (len(roots) == 1 and root == self.next_index - 1 and 0 < root - self.flushed <= _FUSE_MAX
                 and not (retain_graph or leaves or only or capture)):
             plan = self._fusion_plan(root, need)
@@ -619,7 +622,6 @@ class Tape:
             keep[:int(total) + 64] = 0
         P.saddr = P.scratch.ctypes.data
         P.gaddr = np.zeros(self.n, np.int64)
-        idx = np.nonzero(need)[0]
         P.gaddr[idx] = P.saddr + need[idx] - 1
         # private copies of the leaf tables (the state goes back in _finish_leaves): some slots may
         # collect elsewhere or nowhere, and Python code run by the pass may add slots (the tables
@@ -660,7 +662,7 @@ class Tape:
                 finally:
                     del T, _
             hi = root - base
-            stops = self._stops(idx + (lo - base))
+            stops = self._stops(idx)
             for s in stops:
                 self._replay(P, hi, s + 1)
                 self._hooked(P, s)
@@ -685,7 +687,7 @@ class Tape:
             if leaves:
                 got["leaves"] = {s: bool(P.ls[s]) for s in leaves}
             if not retain_graph:
-                self._free_saved(idx + (lo - base))
+                self._free_saved(idx)
             return got
         finally:
             self.busy -= 1
@@ -791,12 +793,11 @@ class Tape:
     def plan_backward(self, roots):
         """What a backward from `roots` needs that does not change between replays of the same
         rows: the marked records and their gradient addresses in a scratch buffer of its own."""
-        need, total = self.mark_roots(roots)
+        need, total, idx = self.mark_roots(roots)
         P = _Pass()
         P.scratch = np.zeros(int(total) + 64, np.uint8)
         P.saddr = P.scratch.ctypes.data
         P.gaddr = np.zeros(self.n, np.int64)
-        idx = np.nonzero(need)[0]
         P.gaddr[idx] = P.saddr + need[idx] - 1
         P.bufs = {}
         P.off = None
@@ -1109,10 +1110,10 @@ class Tape:
         with np.errstate(all="ignore") if self.detect_anomaly else _NOOP:
             self._accumulate(P, i, grads)
 
-    def _check_versions(self, T, need, lo):
-        """PyTorch's error for a saved value modified in place after it was saved."""
+    def _check_versions(self, T, marked, lo):
+        """PyTorch's error for a saved value modified in place after it was saved (marked: the
+        records the backward reaches, as indices from lo)."""
         base = self.base
-        marked = np.nonzero(need)[0]
         if not len(marked) or max(e[2] for e in self.inplace_log) <= lo + int(marked[0]):
             return   # every logged write came before the records this backward visits
         for j in marked:
