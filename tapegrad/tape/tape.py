@@ -62,6 +62,7 @@ _HAS_SAVES[PY] = 1
 _REDUCE = (R.SUM, R.MEAN)
 _ELEM = (R.UNARY[0], R.BINARY[1])   # the opcodes of the elementwise rows
 _FUSE_MAX = 64            # pending records a fused backward takes at most (Note [fused backward])
+_PY_SWEEP = 64            # escape records (of any age) that make a backward sweep first (backward_many's NOTE)
 _DEAD_REFS = 5            # references to a dead own buffer in _fusion_plan: pool tuple, tape.big, dict, local, arg
 
 
@@ -86,10 +87,11 @@ class PyRec:
 
 class _Pass:
     """The state of one backward pass (Note [backward passes])."""
-    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs", "off", "dummy", "views")
+    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs", "off", "dummy", "views", "direct")
 
     def __init__(self):
         self.views = None           # a planned backward keeps its gradient views here
+        self.direct = False         # la/ls/ln are the tape's own leaf tables (arrays), not copies
 
 
 def _tensor_of(arr):
@@ -164,6 +166,7 @@ class Tape:
         self.buf = bytearray(ROW * 4096)   # the rows; grows by doubling, never while a view is out
         self.n = 0                 # rows in use
         self.sweep_at = 8192       # tape length that triggers the next sweep
+        self.py_sweep_at = _PY_SWEEP   # escape records that trigger one (see backward_many)
         self.edges = array("q")    # producer lists of escape records
         self.base = 0              # global index of physical row 0
         self.flushed = 0           # global index: records below ran forward
@@ -188,6 +191,8 @@ class Tape:
         self.inputs_cache = None   # a captured step's private tape: physical index -> inputs_of
         self.frozen = None         # a captured step's private tape: its (T, C) views, made once
         self._scratch = None       # the running pass's gradient scratch (TAPEGRAD_DEBUG checks addresses in it)
+        self._views = None         # (T, C, buf): int64/float64 views of all of buf, made once (cols)
+        self._log_max = -1         # an upper bound of the record indices in inplace_log
         # leaf gradient slots
         self.leaf_addr = array("q")
         self.leaf_nbytes = array("q")
@@ -209,6 +214,7 @@ class Tape:
         return self.base + self.n
 
     def grow(self):
+        self._views = None         # the cached views export buf: let them go before it resizes
         self.buf.extend(bytes(len(self.buf)))
 
     def append(self, code, n, out, a, b, pa, pb, alive, c):
@@ -283,8 +289,15 @@ class Tape:
         f = self.frozen
         if f is not None:               # a captured step's rows never grow: its views are made once
             return (f[0], f[1]) if f[0].shape[0] == self.n else (f[0][:self.n], f[1][:self.n])
-        m = memoryview(self.buf)[:self.n * ROW]
-        return np.frombuffer(m, np.int64).reshape(-1, NCOL), np.frombuffer(m, np.float64).reshape(-1, NCOL)
+        v = self._views
+        if v is None or v[2] is not self.buf:
+            # NOTE: views of the whole buffer, made once and sliced per call (~2.5 us -> 0.4 us a
+            # call, several calls a backward); grow() drops them before the buffer resizes
+            m = memoryview(self.buf)
+            v = self._views = (np.frombuffer(m, np.int64).reshape(-1, NCOL),
+                               np.frombuffer(m, np.float64).reshape(-1, NCOL), self.buf)
+        n = self.n
+        return v[0][:n], v[1][:n]
 
     def flush(self):
         """Run every pending record (one jitted call between escape records)."""
@@ -386,6 +399,7 @@ class Tape:
         if self._nothing_saved_at == at:
             return    # no record since a prune found none that could be hit (a captured step's updates)
         self.inplace_log.extend([(lo, hi, at, vc, shape, dtname) for lo, hi, vc, shape, dtname in spans])
+        self._log_max = max(self._log_max, at)
         if len(self.inplace_log) >= self._log_prune_at:
             self.prune_inplace_log()
 
@@ -440,6 +454,7 @@ class Tape:
                            & (g[None, :] < at[cand][:, None]))
                     keep += [log[i] for i in cand[hit.any(axis=1)] if i not in py_hit]
         log[:] = keep
+        self._log_max = max((e[2] for e in keep), default=-1)
         self._log_prune_at = max(32, 2 * len(log))
 
     def _release_dead(self, live):
@@ -467,6 +482,7 @@ class Tape:
         rest = self.n - k
         buf = bytearray(max(ROW * 4096, 2 * rest * ROW))
         buf[:rest * ROW] = memoryview(self.buf)[k * ROW:self.n * ROW]
+        self._views = None
         self.buf = buf
         self.n = rest
         self.base += k
@@ -481,6 +497,7 @@ class Tape:
             for g in [g for g in d if g < base]:
                 del d[g]
         self.inplace_log = [e for e in self.inplace_log if e[2] >= base]
+        self._log_max = max((e[2] for e in self.inplace_log), default=-1)
         self.last_kept = None
         if not self.n:
             self.edges = array("q")
@@ -567,6 +584,15 @@ class Tape:
                 self.capture.no("it calls autograd.grad or backward(inputs=...)")
             else:
                 self.capture.add("backward", (list(roots), list(seeds)))
+        if len(self.py) >= self.py_sweep_at:
+            # NOTE: an escape record holds a dozen Python objects (closures, views, lists) that the
+            # cyclic GC tracks; kept until a length-triggered sweep (thousands of steps of a small
+            # training loop), they reach the oldest generation, whose collections then scan every
+            # object of the process: ~90 ms each, 47 us a W5a step measured (gc.callbacks, 4000
+            # steps). A backward, where a training step's earlier graphs are dead, sweeps once 64
+            # of them are held (a short tape sweeps cheaply); when they are live, the bound doubles.
+            self.sweep(flush=False)
+            self.py_sweep_at = max(_PY_SWEEP, 2 * len(self.py))
         try:
             return self._backward(roots, seeds, retain_graph, leaves, only, capture)
         except BaseException as e:
@@ -605,7 +631,8 @@ class Tape:
         need, total, idx = self.mark_roots(roots)
         lo = base + int(idx[0])     # the lowest record this backward reaches
         if (len(roots) == 1 and root == self.next_index - 1 and 0 < root - self.flushed <= _FUSE_MAX
-                and not (retain_graph or leaves or only or capture)):
+                and not (retain_graph or leaves or only or capture)
+                and (struct.unpack_from("<q", self.buf, (root - base) * ROW)[0] >> 5) in _REDUCE):
             plan = self._fusion_plan(root, need)
             if plan is not None:
                 self._run_fused(plan, root, seeds[0])
@@ -623,31 +650,15 @@ class Tape:
         P.saddr = P.scratch.ctypes.data
         P.gaddr = np.zeros(self.n, np.int64)
         P.gaddr[idx] = P.saddr + need[idx] - 1
-        # private copies of the leaf tables (the state goes back in _finish_leaves): some slots may
-        # collect elsewhere or nowhere, and Python code run by the pass may add slots (the tables
-        # must not be exported while they grow)
-        nslots = len(self.leaf_addr)
-        P.la = np.frombuffer(self.leaf_addr, np.int64).copy() if nslots else np.zeros(1, np.int64)
-        P.ls = np.frombuffer(self.leaf_state, np.int8).copy() if nslots else np.zeros(1, np.int8)
-        P.bufs = dict(leaves or {})
-        P.off = None
-        if only and nslots:
-            # NOTE: the other leaves' gradients go to a dummy buffer, not to address 0: a jitted unary
-            # rule writes its input's gradient unconditionally (its input always needs one)
-            P.off = np.ones(nslots, np.bool_)
-            P.dummy = np.zeros(max(self.leaf_nbytes) + 64, np.uint8)
-            P.la[:nslots] = P.dummy.ctypes.data
-            P.ls[:nslots] = 1
-        elif self.leaf_hooks:
-            for s in self.leaf_hooks:   # a leaf's hooks see its whole gradient of this pass (torch: once)
-                if s < nslots and s not in P.bufs:
-                    P.bufs[s] = np.zeros(self.leaf_nbytes[s], np.uint8)
-        for s, buf in P.bufs.items():
-            P.la[s] = buf.ctypes.data
-            P.ls[s] = 0
-            if P.off is not None:
-                P.off[s] = False
-        P.ln = np.frombuffer(self.leaf_nbytes, np.int64).copy() if nslots else np.zeros(1, np.int64)
+        if not (leaves or only or self.leaf_hooks or self.hooks or self.detect_anomaly):
+            # every slot collects in place: the pass uses the tape's own tables (the kernels get
+            # views of them for each call only: Python code run by the pass may add slots)
+            P.direct = True
+            P.la, P.ls, P.ln = self.leaf_addr, self.leaf_state, self.leaf_nbytes
+            P.bufs = {}
+            P.off = None
+        else:
+            self._private_leaf_tables(P, leaves, only)
         prev_scratch, self._scratch = self._scratch, P.scratch
         self.busy += 1
         try:
@@ -692,6 +703,32 @@ class Tape:
         finally:
             self.busy -= 1
             self._scratch = prev_scratch
+
+    def _private_leaf_tables(self, P, leaves, only):
+        """Private copies of the leaf tables for pass P (the state goes back in _finish_leaves):
+        some slots collect elsewhere (hooks, autograd.grad's inputs) or nowhere (only)."""
+        nslots = len(self.leaf_addr)
+        P.la = np.frombuffer(self.leaf_addr, np.int64).copy() if nslots else np.zeros(1, np.int64)
+        P.ls = np.frombuffer(self.leaf_state, np.int8).copy() if nslots else np.zeros(1, np.int8)
+        P.bufs = dict(leaves or {})
+        P.off = None
+        if only and nslots:
+            # NOTE: the other leaves' gradients go to a dummy buffer, not to address 0: a jitted unary
+            # rule writes its input's gradient unconditionally (its input always needs one)
+            P.off = np.ones(nslots, np.bool_)
+            P.dummy = np.zeros(max(self.leaf_nbytes) + 64, np.uint8)
+            P.la[:nslots] = P.dummy.ctypes.data
+            P.ls[:nslots] = 1
+        elif self.leaf_hooks:
+            for s in self.leaf_hooks:   # a leaf's hooks see its whole gradient of this pass (torch: once)
+                if s < nslots and s not in P.bufs:
+                    P.bufs[s] = np.zeros(self.leaf_nbytes[s], np.uint8)
+        for s, buf in P.bufs.items():
+            P.la[s] = buf.ctypes.data
+            P.ls[s] = 0
+            if P.off is not None:
+                P.off[s] = False
+        P.ln = np.frombuffer(self.leaf_nbytes, np.int64).copy() if nslots else np.zeros(1, np.int64)
 
     # ----- a pending elementwise chain, forward and backward fused ---------------------------
     # Note [fused backward]: when backward() meets a loss that has not run yet, the full sum or mean
@@ -836,18 +873,17 @@ class Tape:
         while hi >= lo:
             T, C = self.cols()
             E = self.edges_np()
+            la, ls, ln = self._leaf_tables(P)
             try:
                 f64 = (T[hi, 0] & 3) == 1
-                i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, P.gaddr, P.la, P.ls, P.ln, self.base, hi,
-                                                                lo)
+                i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, P.gaddr, la, ls, ln, self.base, hi, lo)
                 while i >= 0 and (T[i, 0] >> 5) != PY and ((T[i, 0] & 3) == 1) == f64:
                     # a run of large elementwise records, in tiles; then on from the record before it
-                    i = (R.bwd_run_f64 if f64 else R.bwd_run_f32)(T, C, P.gaddr, P.la, P.ls, P.ln, self.base, i, lo)
-                    i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, P.gaddr, P.la, P.ls, P.ln, self.base,
-                                                                    i, lo)
+                    i = (R.bwd_run_f64 if f64 else R.bwd_run_f32)(T, C, P.gaddr, la, ls, ln, self.base, i, lo)
+                    i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, P.gaddr, la, ls, ln, self.base, i, lo)
                 py = i >= 0 and (T[i, 0] >> 5) == PY and T[i, 4] == 0   # (a native one: the other dtype)
             finally:
-                del T, C, E
+                del T, C, E, la, ls, ln
             if i < 0:
                 return
             if py:
@@ -862,6 +898,16 @@ class Tape:
                 hi = i - 1
             else:
                 hi = i      # a record of the other dtype: switch entry point
+
+    def _leaf_tables(self, P):
+        """The leaf tables of pass P as arrays for one jitted call (views of the tape's own tables
+        for a direct pass: they must not outlive the call)."""
+        if not P.direct:
+            return P.la, P.ls, P.ln
+        if not len(self.leaf_addr):
+            return _NO_EDGES, np.zeros(1, np.int8), _NO_EDGES
+        return (np.frombuffer(self.leaf_addr, np.int64), np.frombuffer(self.leaf_state, np.int8),
+                np.frombuffer(self.leaf_nbytes, np.int64))
 
     def _finish_leaves(self, P, leaves, only):
         """After the replay: leaf hooks see the gradient this pass collected aside for their leaf
@@ -893,6 +939,8 @@ class Tape:
     def _sync_leaves(self, P, out):
         """The pass's private leaf states of the slots it writes in place go to the tape (out) or
         come back from it: a nested pass in user code then sees, and leaves, the true state."""
+        if P.direct:
+            return          # the pass wrote the tape's own tables
         n = min(len(self.leaf_state), len(P.la))
         if not n or P.ls is None:
             return
@@ -1114,7 +1162,7 @@ class Tape:
         """PyTorch's error for a saved value modified in place after it was saved (marked: the
         records the backward reaches, as indices from lo)."""
         base = self.base
-        if not len(marked) or max(e[2] for e in self.inplace_log) <= lo + int(marked[0]):
+        if not len(marked) or self._log_max <= lo + int(marked[0]):
             return   # every logged write came before the records this backward visits
         for j in marked:
             g = int(j) + lo
