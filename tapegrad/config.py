@@ -72,5 +72,8 @@ numba.config.THREADING_LAYER = THREADING_LAYER
 NJIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")
 #: functions only called from other jitted functions need no CPython wrapper
 NJIT_INNER = dict(NJIT, no_cpython_wrapper=True)
+#: keyword arguments for the op functions, C callbacks the replay calls through a table
+#: (kernels/opfn.py): compiled one by one, the first time a tape uses the op
+CFUNC = dict(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 #: keyword arguments for the tile loops run with prange
 NJIT_PARALLEL = dict(NJIT, parallel=True)

@@ -33,7 +33,7 @@ from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
 from . import elementwise as E
 from . import vmath as V
 from .blas import gemm
-from .ptr import addr_of, f32p, f64p, i8p, i64p, u8p
+from .ptr import addr_of, call_bwd, call_fwd, f32p, f64p, i8p, i64p, u8p
 
 '''
 
@@ -43,18 +43,19 @@ from .ptr import addr_of, f32p, f64p, i8p, i64p, u8p
 TYPED_TEMPLATE = '''# ----- {{dtname}} entry points --------------------------------------------------
 
 @njit(**NJIT_INNER)
-def _fwd_one_{{suf}}(k, o, xa, xb, cq, t0, m):  # pragma: no cover
+def _fwd_one_{{suf}}(k, o, xa, xb, cq, t0, m, PF):  # pragma: no cover
     """A record (code k, addresses o/xa/xb, attribute cq) on elements t0..t0+m-1 (a tile;
-    broadcast inputs are not offset). NOTE: scalars only: every array argument of a call
-    costs an atomic incref/decref pair (~20 ns a call measured, most of W1's replay)."""
+    broadcast inputs are not offset); PF: the address of the op functions' table. NOTE: scalars
+    only: every array argument of a call costs an atomic incref/decref pair (~20 ns a call
+    measured, most of W1's replay)."""
     bc = (k >> 2) & 3
     oa = 0 if bc & 1 else t0 * {{isz}}
     ob = 0 if bc & 2 else t0 * {{isz}}
-    _fwd_typed(k >> 5, bc, {{ptr}}(o + t0 * {{isz}}), {{ptr}}(xa + oa), {{ptr}}(xb + ob), m, xb, cq)
+    _fwd_typed_{{suf}}(k >> 5, bc, o + t0 * {{isz}}, xa + oa, xb + ob, m, xb, cq, PF)
 
 
 @njit(**NJIT_PARALLEL)
-def _fwd_tiles_{{suf}}(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
+def _fwd_tiles_{{suf}}(code, n, out, a, b, c, r0, r1, total, PF):  # pragma: no cover
     """A run of elementwise records of `total` elements each, tile by tile
     (intermediates stay in cache), tiles in parallel."""
     nt = (total + TILE - 1) // TILE
@@ -63,17 +64,19 @@ def _fwd_tiles_{{suf}}(code, n, out, a, b, c, r0, r1, total):  # pragma: no cove
         m = min(TILE, total - t0)
         for q in range(r0, r1):
             if (code[q] >> 5) != 0:
-                _fwd_one_{{suf}}(code[q], out[q], a[q], b[q], c[q], t0, m)
+                _fwd_one_{{suf}}(code[q], out[q], a[q], b[q], c[q], t0, m, PF)
 
 
 @njit(**NJIT)
-def forward_{{suf}}(T, F, E, lo, hi):  # pragma: no cover
+def forward_{{suf}}(T, F, E, FT, lo, hi):  # pragma: no cover
     """Run records lo..hi-1 in program order; stop at an escape record (but a native one)
     or at a record of the other float dtype (each dtype compiles only when used).
     T / F: the tape rows as int64 / float64 (each array argument costs ~1 us to unbox, and
-    this is called once per flush); E: the escape records' producer lists and descriptors."""
+    this is called once per flush); E: the escape records' producer lists and descriptors;
+    FT: the op functions' table (Note [op functions]): -(r + 2) when record r's is not compiled."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
     PE = addr_of(E)
+    PF = addr_of(FT)
     r = lo
     while r < hi:
         k = code[r]
@@ -89,28 +92,34 @@ def forward_{{suf}}(T, F, E, lo, hi):  # pragma: no cover
             _nat_fwd_{{suf}}(PE + 8 * b[r], out[r])
             r += 1
             continue
+        if op <= {b_hi} and i64p(PF)[op * 4 + {{dt}} * 2] == 0:
+            return -(r + 2)
         if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_{{suf}}: its parallel loop compiles only when used (bench C0)
-        _fwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], 0, n[r])
+        _fwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], 0, n[r], PF)
         r += 1
     return -1
 
 
 @njit(**NJIT)
-def fwd_run_{{suf}}(T, F, r, hi):  # pragma: no cover
+def fwd_run_{{suf}}(T, F, FT, r, hi):  # pragma: no cover
     """The run of large elementwise records that starts at r (forward_{{suf}} stopped there),
-    tile by tile; returns the index after it."""
+    tile by tile; returns the index after it (-(r + 2): an op function is missing)."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    PF = addr_of(FT)
     e = r + 1
     while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= {b_hi} and n[e] == n[r]
            and (code[e] & 3) == {{dt}}):
         e += 1
-    _fwd_tiles_{{suf}}(code, n, out, a, b, c, r, e, n[r])
+    for q in range(r, e):
+        if i64p(PF)[(code[q] >> 5) * 4 + {{dt}} * 2] == 0:
+            return -(r + 2)
+    _fwd_tiles_{{suf}}(code, n, out, a, b, c, r, e, n[r], PF)
     return e
 
 
 @njit(**NJIT_INNER)
-def _bwd_one_{{suf}}(k, o, xa, xb, cq, gq, ga, gb, t0, m):  # pragma: no cover
+def _bwd_one_{{suf}}(k, o, xa, xb, cq, gq, ga, gb, t0, m, PF):  # pragma: no cover
     """The reverse of _fwd_one_{{suf}}: gq is the record's gradient, ga/gb its inputs' (0: none)."""
     bc = (k >> 2) & 3
     op = k >> 5
@@ -118,41 +127,43 @@ def _bwd_one_{{suf}}(k, o, xa, xb, cq, gq, ga, gb, t0, m):  # pragma: no cover
     ob = 0 if bc & 2 else t0 * {{isz}}
     if op > {b_hi}:
         oa = 0
-    _bwd_typed(op, bc, {{ptr}}(o + t0 * {{isz}}), {{ptr}}(xa + oa), {{ptr}}(xb + ob), {{ptr}}(gq + t0 * {{isz}}),
-               {{ptr}}(ga + oa), {{ptr}}(gb + ob), ga != 0, gb != 0, m, xb, cq)
+    _bwd_typed_{{suf}}(op, bc, o + t0 * {{isz}}, xa + oa, xb + ob, gq + t0 * {{isz}}, ga + oa, gb + ob,
+                       ga != 0, gb != 0, m, xb, cq, PF)
 
 
 @njit(**NJIT_PARALLEL)
-def _bwd_tiles_par_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+def _bwd_tiles_par_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total, PF):  # pragma: no cover
     nt = (total + TILE - 1) // TILE
     for t in prange(nt):
         t0 = t * TILE
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_{{suf}}(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_{{suf}}(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m, PF)
 
 
 @njit(**NJIT)
-def _bwd_tiles_seq_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+def _bwd_tiles_seq_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total, PF):  # pragma: no cover
     nt = (total + TILE - 1) // TILE
     for t in range(nt):
         t0 = t * TILE
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_{{suf}}(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_{{suf}}(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m, PF)
 
 
 @njit(**NJIT)
-def backward_{{suf}}(T, F, E, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+def backward_{{suf}}(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
     stop at an escape record (but a native one) or a record of the other float dtype
-    and return its index. Runs of large elementwise
+    and return its index (-(r + 2): record r's op function is not compiled; the records above
+    it have run). Runs of large elementwise
     records go tile by tile (in parallel unless an input is broadcast)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PE = addr_of(E)
+    PF = addr_of(FT)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -171,28 +182,35 @@ def backward_{{suf}}(T, F, E, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
             _nat_bwd_{{suf}}(PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base)
             r -= 1
             continue
+        if op <= {b_hi} and i64p(PF)[op * 4 + {{dt}} * 2 + 1] == 0:
+            return -(r + 2)
         if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs bwd_run_{{suf}} (see forward_{{suf}})
         ga = _grad_addr(pa[r], PG, PLA, PLS, PLN, base)
         gb = 0
         if op >= {b_lo} and op <= {b_hi}:
             gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
-        _bwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r])
+        _bwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r], PF)
         r -= 1
     return -1
 
 
 @njit(**NJIT)
-def bwd_run_{{suf}}(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
+def bwd_run_{{suf}}(T, F, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
     """The run of large elementwise records that ends at r (backward_{{suf}} stopped there), in
-    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it."""
+    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it
+    (-(r + 2): an op function is missing, nothing has run)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
+    PF = addr_of(FT)
     s = r - 1
     while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= {b_hi} and n[s] == n[r]
            and (code[s] & 3) == {{dt}}):
         s -= 1
     s += 1
+    for q in range(s, r + 1):
+        if (code[q] >> 5) != 0 and i64p(PF)[(code[q] >> 5) * 4 + {{dt}} * 2 + 1] == 0:
+            return -(r + 2)
     GA = np.zeros(r - s + 1, np.int64)
     GB = np.zeros(r - s + 1, np.int64)
     par = True
@@ -205,11 +223,42 @@ def bwd_run_{{suf}}(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo
         if (code[q] >> 2) & 3:
             par = False
     if par:
-        _bwd_tiles_par_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+        _bwd_tiles_par_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r], PF)
     else:
-        _bwd_tiles_seq_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+        _bwd_tiles_seq_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r], PF)
     return s - 1
 
+
+
+@njit(**NJIT_INNER)
+def _fwd_typed_{{suf}}(op, bc, po, pa, pb, n, m, c, PF):  # pragma: no cover
+    """Record op on n elements at addresses po/pa/pb: an elementwise one through its op function
+    (Note [op functions]), a full reduction (m input elements) here."""
+    if op <= {b_hi}:
+        call_fwd(i64p(PF)[op * 4 + {{dt}} * 2], pa, pb, po, n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), c)
+    else:
+        o = carray({{ptr}}(po), 1)
+        x = carray({{ptr}}(pa), m)
+        acc = 0.0
+        for t0 in range(0, m, TILE):     # tile by tile, as fused_*: both give the same bits
+            p = 0.0
+            for i in range(t0, min(t0 + TILE, m)):
+                p += x[i]
+            acc += p
+        o[0] = acc / m if (op == MEAN and m > 0) else (acc if op == SUM else np.nan)
+
+
+@njit(**NJIT_INNER)
+def _bwd_typed_{{suf}}(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c, PF):  # pragma: no cover
+    if op <= {b_hi}:
+        call_bwd(i64p(PF)[op * 4 + {{dt}} * 2 + 1], pa, pb, po, pg, pga, pgb, n, 1 - (bc & 1),
+                 1 - ((bc >> 1) & 1), 1 if wa else 0, 1 if wb else 0, c)
+    else:
+        g = carray({{ptr}}(pg), 1)
+        gx = carray({{ptr}}(pga), m)
+        v = g[0] / m if op == MEAN else g[0]
+        for i in range(m):
+            gx[i] += v
 
 
 # Native escape records (Note [native records] in ops/pyops.py): E[d] kind, E[d + 1] the
@@ -362,7 +411,7 @@ def _tile_at_{{suf}}(j, addr, bcast, rows, om, out, sp, off):  # pragma: no cove
 
 
 @njit(**NJIT_PARALLEL)
-def fused_{{suf}}(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, total, nthreads):  # pragma: no cover
+def fused_{{suf}}(T, F, FT, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, total, nthreads):  # pragma: no cover
     """Forward and backward of a pending run of elementwise records `rows` (physical
     indices) that ends in a full sum or mean `root` of run row jr, tile by tile, chunks of
     tiles in parallel. Outputs with om[q] == 0 (dead, and read by no later pass) and every
@@ -374,6 +423,7 @@ def fused_{{suf}}(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groo
     makes the function uncacheable). The same arithmetic, in the same order per element,
     as forward_{{suf}} then backward_{{suf}}: the same bits."""
     code, out, a, b, c = T[:, 0], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    PF = addr_of(FT)
     k = rows.shape[0]
     nt = (total + TILE - 1) // TILE
     nc = min(nt, 4 * nthreads)   # chunks of tiles; each allocates its scratch once
@@ -399,7 +449,7 @@ def fused_{{suf}}(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groo
                 po = _tile_at_{{suf}}(q, 0, 0, rows, om, out, sp, off)   # its own output's tile
                 xa = _tile_at_{{suf}}(ia[q], a[r], bc & 1, rows, om, out, sp, off)
                 xb = _tile_at_{{suf}}(ib[q], b[r], bc & 2, rows, om, out, sp, off)
-                _fwd_typed(code[r] >> 5, bc, {{ptr}}(po), {{ptr}}(xa), {{ptr}}(xb), m, b[r], c[r])
+                _fwd_typed_{{suf}}(code[r] >> 5, bc, po, xa, xb, m, b[r], c[r], PF)
             x = carray({{ptr}}(_tile_at_{{suf}}(jr, 0, 0, rows, om, out, sp, off)), m)
             p = 0.0
             for i in range(m):
@@ -417,8 +467,8 @@ def fused_{{suf}}(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groo
                 xb = _tile_at_{{suf}}(ib[q], b[r], bc & 2, rows, om, out, sp, off)
                 ga = gp + gja[q] * TILE * {{isz}} if gja[q] >= 0 else (gla[q] + off if gla[q] != 0 else 0)
                 gb = gp + gjb[q] * TILE * {{isz}} if gjb[q] >= 0 else (glb[q] + off if glb[q] != 0 else 0)
-                _bwd_typed(code[r] >> 5, bc, {{ptr}}(po), {{ptr}}(xa), {{ptr}}(xb), {{ptr}}(gp + q * TILE * {{isz}}),
-                           {{ptr}}(ga), {{ptr}}(gb), ga != 0, gb != 0, m, b[r], c[r])
+                _bwd_typed_{{suf}}(code[r] >> 5, bc, po, xa, xb, gp + q * TILE * {{isz}}, ga, gb, ga != 0, gb != 0,
+                                   m, b[r], c[r], PF)
     acc = 0.0
     for t in range(nt):
         acc += part[t]
@@ -433,75 +483,94 @@ def _mod(rule):
     return "V" if rule in RULES else "E"
 
 
-def _unary(rows):
-    f = ["@njit(**NJIT_INNER)", "def _unary_fwd(op, px, po, n, c):  # pragma: no cover",
-         "    x = carray(px, n)   # pointers in, arrays made here: see _fwd_one_f32's NOTE",
-         "    o = carray(po, n)"]
-    b = ["@njit(**NJIT_INNER)", "def _unary_bwd(op, px, py, pg, pgx, n, c):  # pragma: no cover",
-         "    x = carray(px, n)",
-         "    y = carray(py, n)",
-         "    g = carray(pg, n)",
-         "    gx = carray(pgx, n)"]
-    for i, s in enumerate(rows):
-        kw = "if" if i == 0 else "elif"
-        f += [f"    {kw} op == {s.opcode}:  # {s.name}",
-              "        for i in range(n):",
-              f"            o[i] = {_mod(s.rule + '_f')}.{s.rule}_f(x[i], c)"]
-        if s.rule + "_f" in CHECKED:
-            f += ["        for i in range(n):",
-                  "            if not V.fast_ok(x[i]):",
-                  f"                o[i] = E.{s.rule}_f(x[i], c)"]
-        b += [f"    {kw} op == {s.opcode}:  # {s.name}"]
-        if s.rule + "_b" in CHECKED:
-            b += ["        for i in range(n):   # branch-free, vectorized; then libm's rule where it must",
-                  "            v = gx[i]",
-                  f"            d = V.{s.rule}_b(x[i], y[i], g[i], c)",
-                  "            gx[i] = v + d if V.fast_ok(x[i]) else v",
-                  "        for i in range(n):",
-                  "            if not V.fast_ok(x[i]):",
-                  f"                gx[i] += E.{s.rule}_b(x[i], y[i], g[i], c)"]
-        else:
-            b += ["        for i in range(n):",
-                  f"            gx[i] += {_mod(s.rule + '_b')}.{s.rule}_b(x[i], y[i], g[i], c)"]
-    return "\n".join(f) + "\n\n\n" + "\n".join(b) + "\n"
+_DTYPES = (("f32", "f32p"), ("f64", "f64p"))
+FWD_ARGS = "px, pz, po, n, sx, sz, c"
+BWD_ARGS = "px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c"
 
 
-def _binary(rows):
-    f = ["@njit(**NJIT_INNER)", "def _binary_fwd(op, px, pz, po, n, sx, sz, c):  # pragma: no cover",
-         "    x = carray(px, n if sx else 1)   # stride 0: a broadcast scalar",
-         "    z = carray(pz, n if sz else 1)",
-         "    o = carray(po, n)"]
-    b = ["@njit(**NJIT)",
-         "def _binary_bwd(op, px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover",
-         "    x = carray(px, n if sx else 1)",
-         "    z = carray(pz, n if sz else 1)",
-         "    y = carray(py, n)",
-         "    g = carray(pg, n)",
-         "    gx = carray(pgx, (n if sx else 1) if wx else 0)",
-         "    gz = carray(pgz, (n if sz else 1) if wz else 0)"]
-    for i, s in enumerate(rows):
-        kw = "if" if i == 0 else "elif"
-        f += [f"    {kw} op == {s.opcode}:  # {s.name}",
-              "        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes",
-              "            for i in range(n):",
-              f"                o[i] = E.{s.rule}_f(x[i], z[i], c)",
-              "        else:",
-              "            for i in range(n):",
-              f"                o[i] = E.{s.rule}_f(x[i * sx], z[i * sz], c)"]
-        b += [f"    {kw} op == {s.opcode}:  # {s.name}",
-              "        if sx == 1 and sz == 1 and wx and wz:",
-              "            for i in range(n):",
-              f"                dx, dz = E.{s.rule}_b(x[i], z[i], y[i], g[i], c)",
-              "                gx[i] += dx",
-              "                gz[i] += dz",
-              "            return",
-              "        for i in range(n):",
-              f"            dx, dz = E.{s.rule}_b(x[i * sx], z[i * sz], y[i], g[i], c)",
-              "            if wx:",
-              "                gx[i * sx] += dx",
-              "            if wz:",
-              "                gz[i * sz] += dz"]
-    return "\n".join(f) + "\n\n\n" + "\n".join(b) + "\n"
+def _unary(s, suf, ptr):
+    """The op functions of unary row s for one dtype: (forward, backward) source."""
+    r = s.rule
+    f = [f"def _op{s.opcode}_fwd_{suf}({FWD_ARGS}):  # pragma: no cover ({s.name})",
+         f"    x = carray({ptr}(px), n)",
+         f"    o = carray({ptr}(po), n)",
+         "    for i in range(n):",
+         f"        o[i] = {_mod(r + '_f')}.{r}_f(x[i], c)"]
+    if r + "_f" in CHECKED:
+        f += ["    for i in range(n):",
+              "        if not V.fast_ok(x[i]):",
+              f"            o[i] = E.{r}_f(x[i], c)"]
+    b = [f"def _op{s.opcode}_bwd_{suf}({BWD_ARGS}):  # pragma: no cover ({s.name})",
+         f"    x = carray({ptr}(px), n)",
+         f"    y = carray({ptr}(py), n)",
+         f"    g = carray({ptr}(pg), n)",
+         f"    gx = carray({ptr}(pgx), n)"]
+    if r + "_b" in CHECKED:
+        b += ["    for i in range(n):   # branch-free, vectorized; then libm's rule where it must",
+              "        v = gx[i]",
+              f"        d = V.{r}_b(x[i], y[i], g[i], c)",
+              "        gx[i] = v + d if V.fast_ok(x[i]) else v",
+              "    for i in range(n):",
+              "        if not V.fast_ok(x[i]):",
+              f"            gx[i] += E.{r}_b(x[i], y[i], g[i], c)"]
+    else:
+        b += ["    for i in range(n):",
+              f"        gx[i] += {_mod(r + '_b')}.{r}_b(x[i], y[i], g[i], c)"]
+    return "\n".join(f), "\n".join(b)
+
+
+def _binary(s, suf, ptr):
+    """The op functions of binary row s for one dtype (sx/sz: 0 for a broadcast scalar input;
+    wx/wz: whether that input's gradient is wanted)."""
+    r = s.rule
+    f = [f"def _op{s.opcode}_fwd_{suf}({FWD_ARGS}):  # pragma: no cover ({s.name})",
+         f"    x = carray({ptr}(px), n if sx else 1)   # stride 0: a broadcast scalar",
+         f"    z = carray({ptr}(pz), n if sz else 1)",
+         f"    o = carray({ptr}(po), n)",
+         "    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes",
+         "        for i in range(n):",
+         f"            o[i] = E.{r}_f(x[i], z[i], c)",
+         "    else:",
+         "        for i in range(n):",
+         f"            o[i] = E.{r}_f(x[i * sx], z[i * sz], c)"]
+    b = [f"def _op{s.opcode}_bwd_{suf}({BWD_ARGS}):  # pragma: no cover ({s.name})",
+         f"    x = carray({ptr}(px), n if sx else 1)",
+         f"    z = carray({ptr}(pz), n if sz else 1)",
+         f"    y = carray({ptr}(py), n)",
+         f"    g = carray({ptr}(pg), n)",
+         f"    gx = carray({ptr}(pgx), (n if sx else 1) if wx else 0)",
+         f"    gz = carray({ptr}(pgz), (n if sz else 1) if wz else 0)",
+         "    if sx == 1 and sz == 1 and wx and wz:",
+         "        for i in range(n):",
+         f"            dx, dz = E.{r}_b(x[i], z[i], y[i], g[i], c)",
+         "            gx[i] += dx",
+         "            gz[i] += dz",
+         "        return",
+         "    for i in range(n):",
+         f"        dx, dz = E.{r}_b(x[i * sx], z[i * sz], y[i], g[i], c)",
+         "        if wx:",
+         "            gx[i * sx] += dx",
+         "        if wz:",
+         "            gz[i * sz] += dz"]
+    return "\n".join(f), "\n".join(b)
+
+
+def _op_functions(rows):
+    """Note [op functions]: the elementwise rules are not compiled into the replay. Each row
+    has a forward and a backward function per dtype, plain Python here, which
+    ``kernels/opfn.py`` compiles to a C callback (numba.cfunc, cached on disk) the first time
+    a tape runs that op, and puts its address in the table the replay calls through. A cold
+    first backward then compiles the ops it uses, not every rule of the op table (C0)."""
+    out, table = [], []
+    for s in rows:
+        names = []
+        for suf, ptr in _DTYPES:
+            f, b = (_unary if s.kind == "unary" else _binary)(s, suf, ptr)
+            out += [f, b]
+            names += [f"_op{s.opcode}_fwd_{suf}", f"_op{s.opcode}_bwd_{suf}"]
+        table.append(f"    {s.opcode}: {tuple(names)!r},")
+    return ("\n\n\n".join(out) + "\n\n\n#: opcode -> (forward f32, backward f32, forward f64, backward f64)\n"
+            + "OPFN = {\n" + "\n".join(table) + "\n}\n")
 
 
 def source():
@@ -512,40 +581,8 @@ def source():
     b_lo, b_hi = bi[0].opcode, bi[-1].opcode
     body = HEADER
     body += f"UNARY = ({u_lo}, {u_hi})\nBINARY = ({b_lo}, {b_hi})\nSUM, MEAN = {red['sum']}, {red['mean']}\n\n\n"
-    body += _unary(un) + "\n\n" + _binary(bi)
+    body += _op_functions(un + bi)
     body += f'''
-
-@njit(**NJIT_INNER)
-def _fwd_typed(op, bc, po, pa, pb, n, m, c):  # pragma: no cover
-    if op <= {u_hi}:
-        _unary_fwd(op, pa, po, n, c)
-    elif op <= {b_hi}:
-        _binary_fwd(op, pa, pb, po, n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), c)
-    else:
-        o = carray(po, 1)
-        x = carray(pa, m)
-        acc = 0.0
-        for t0 in range(0, m, TILE):     # tile by tile, as fused_*: both give the same bits
-            p = 0.0
-            for i in range(t0, min(t0 + TILE, m)):
-                p += x[i]
-            acc += p
-        o[0] = acc / m if (op == MEAN and m > 0) else (acc if op == SUM else np.nan)
-
-
-@njit(**NJIT_INNER)
-def _bwd_typed(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c):  # pragma: no cover
-    if op <= {u_hi}:
-        _unary_bwd(op, pa, po, pg, pga, n, c)
-    elif op <= {b_hi}:
-        _binary_bwd(op, pa, pb, po, pg, pga, pgb, n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), wa, wb, c)
-    else:
-        g = carray(pg, 1)
-        gx = carray(pga, m)
-        v = g[0] / m if op == MEAN else g[0]
-        for i in range(m):
-            gx[i] += v
-
 
 @njit(**NJIT_INNER)
 def _cm_layout(r, c, s0, s1):  # pragma: no cover

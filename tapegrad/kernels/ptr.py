@@ -45,3 +45,28 @@ def addr_of(typingctx, arr):
         return builder.ptrtoint(ary.data, context.get_value_type(types.int64))
 
     return sig, codegen
+
+
+def _call_codegen(nint):
+    def codegen(context, builder, signature, llargs):
+        from llvmlite import ir
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(64)] * nint + [ir.DoubleType()])
+        want = [types.int64] * nint + [types.float64]
+        vals = [context.cast(builder, v, t, w) for v, t, w in zip(llargs[1:], signature.args[1:], want)]
+        builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), vals)
+        return context.get_dummy_value()
+    return codegen
+
+
+# NOTE: call the C function at address fn (kernels/opfn.py's op functions) with int64 arguments
+# and one float64: the address is data, so the caller stays cacheable
+@intrinsic
+def call_fwd(typingctx, fn, px, pz, po, n, sx, sz, c):
+    """(fn, px, pz, po, n, sx, sz, c)"""
+    return types.void(fn, px, pz, po, n, sx, sz, c), _call_codegen(6)
+
+
+@intrinsic
+def call_bwd(typingctx, fn, px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):
+    """(fn, px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c)"""
+    return types.void(fn, px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c), _call_codegen(11)

@@ -13,362 +13,1243 @@ from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
 from . import elementwise as E
 from . import vmath as V
 from .blas import gemm
-from .ptr import addr_of, f32p, f64p, i8p, i64p, u8p
+from .ptr import addr_of, call_bwd, call_fwd, f32p, f64p, i8p, i64p, u8p
 
 UNARY = (2, 23)
 BINARY = (24, 30)
 SUM, MEAN = 31, 32
 
 
-@njit(**NJIT_INNER)
-def _unary_fwd(op, px, po, n, c):  # pragma: no cover
-    x = carray(px, n)   # pointers in, arrays made here: see _fwd_one_f32's NOTE
-    o = carray(po, n)
-    if op == 2:  # neg
-        for i in range(n):
-            o[i] = E.neg_f(x[i], c)
-    elif op == 3:  # exp
-        for i in range(n):
-            o[i] = V.exp_f(x[i], c)
-    elif op == 4:  # log
-        for i in range(n):
-            o[i] = E.log_f(x[i], c)
-    elif op == 5:  # sin
-        for i in range(n):
-            o[i] = V.sin_f(x[i], c)
-        for i in range(n):
-            if not V.fast_ok(x[i]):
-                o[i] = E.sin_f(x[i], c)
-    elif op == 6:  # cos
-        for i in range(n):
-            o[i] = V.cos_f(x[i], c)
-        for i in range(n):
-            if not V.fast_ok(x[i]):
-                o[i] = E.cos_f(x[i], c)
-    elif op == 7:  # tanh
-        for i in range(n):
-            o[i] = V.tanh_f(x[i], c)
-    elif op == 8:  # sigmoid
-        for i in range(n):
-            o[i] = E.sigmoid_f(x[i], c)
-    elif op == 9:  # relu
-        for i in range(n):
-            o[i] = E.relu_f(x[i], c)
-    elif op == 10:  # abs
-        for i in range(n):
-            o[i] = E.abs_f(x[i], c)
-    elif op == 11:  # sqrt
-        for i in range(n):
-            o[i] = E.sqrt_f(x[i], c)
-    elif op == 12:  # square
-        for i in range(n):
-            o[i] = E.square_f(x[i], c)
-    elif op == 13:  # reciprocal
-        for i in range(n):
-            o[i] = E.reciprocal_f(x[i], c)
-    elif op == 14:  # pow_scalar
-        for i in range(n):
-            o[i] = E.powc_f(x[i], c)
-    elif op == 15:  # rpow_scalar
-        for i in range(n):
-            o[i] = E.rpowc_f(x[i], c)
-    elif op == 16:  # add_scalar
-        for i in range(n):
-            o[i] = E.adds_f(x[i], c)
-    elif op == 17:  # sub_scalar
-        for i in range(n):
-            o[i] = E.subs_f(x[i], c)
-    elif op == 18:  # rsub_scalar
-        for i in range(n):
-            o[i] = E.rsubs_f(x[i], c)
-    elif op == 19:  # mul_scalar
-        for i in range(n):
-            o[i] = E.muls_f(x[i], c)
-    elif op == 20:  # div_scalar
-        for i in range(n):
-            o[i] = E.divs_f(x[i], c)
-    elif op == 21:  # clamp_min
-        for i in range(n):
-            o[i] = E.clampmin_f(x[i], c)
-    elif op == 22:  # clamp_max
-        for i in range(n):
-            o[i] = E.clampmax_f(x[i], c)
-    elif op == 23:  # clone
-        for i in range(n):
-            o[i] = E.copy_f(x[i], c)
+def _op2_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (neg)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.neg_f(x[i], c)
 
 
-@njit(**NJIT_INNER)
-def _unary_bwd(op, px, py, pg, pgx, n, c):  # pragma: no cover
-    x = carray(px, n)
-    y = carray(py, n)
-    g = carray(pg, n)
-    gx = carray(pgx, n)
-    if op == 2:  # neg
-        for i in range(n):
-            gx[i] += E.neg_b(x[i], y[i], g[i], c)
-    elif op == 3:  # exp
-        for i in range(n):
-            gx[i] += E.exp_b(x[i], y[i], g[i], c)
-    elif op == 4:  # log
-        for i in range(n):
-            gx[i] += E.log_b(x[i], y[i], g[i], c)
-    elif op == 5:  # sin
-        for i in range(n):   # branch-free, vectorized; then libm's rule where it must
-            v = gx[i]
-            d = V.sin_b(x[i], y[i], g[i], c)
-            gx[i] = v + d if V.fast_ok(x[i]) else v
-        for i in range(n):
-            if not V.fast_ok(x[i]):
-                gx[i] += E.sin_b(x[i], y[i], g[i], c)
-    elif op == 6:  # cos
-        for i in range(n):   # branch-free, vectorized; then libm's rule where it must
-            v = gx[i]
-            d = V.cos_b(x[i], y[i], g[i], c)
-            gx[i] = v + d if V.fast_ok(x[i]) else v
-        for i in range(n):
-            if not V.fast_ok(x[i]):
-                gx[i] += E.cos_b(x[i], y[i], g[i], c)
-    elif op == 7:  # tanh
-        for i in range(n):
-            gx[i] += E.tanh_b(x[i], y[i], g[i], c)
-    elif op == 8:  # sigmoid
-        for i in range(n):
-            gx[i] += E.sigmoid_b(x[i], y[i], g[i], c)
-    elif op == 9:  # relu
-        for i in range(n):
-            gx[i] += E.relu_b(x[i], y[i], g[i], c)
-    elif op == 10:  # abs
-        for i in range(n):
-            gx[i] += E.abs_b(x[i], y[i], g[i], c)
-    elif op == 11:  # sqrt
-        for i in range(n):
-            gx[i] += E.sqrt_b(x[i], y[i], g[i], c)
-    elif op == 12:  # square
-        for i in range(n):
-            gx[i] += E.square_b(x[i], y[i], g[i], c)
-    elif op == 13:  # reciprocal
-        for i in range(n):
-            gx[i] += E.reciprocal_b(x[i], y[i], g[i], c)
-    elif op == 14:  # pow_scalar
-        for i in range(n):
-            gx[i] += E.powc_b(x[i], y[i], g[i], c)
-    elif op == 15:  # rpow_scalar
-        for i in range(n):
-            gx[i] += E.rpowc_b(x[i], y[i], g[i], c)
-    elif op == 16:  # add_scalar
-        for i in range(n):
-            gx[i] += E.adds_b(x[i], y[i], g[i], c)
-    elif op == 17:  # sub_scalar
-        for i in range(n):
-            gx[i] += E.subs_b(x[i], y[i], g[i], c)
-    elif op == 18:  # rsub_scalar
-        for i in range(n):
-            gx[i] += E.rsubs_b(x[i], y[i], g[i], c)
-    elif op == 19:  # mul_scalar
-        for i in range(n):
-            gx[i] += E.muls_b(x[i], y[i], g[i], c)
-    elif op == 20:  # div_scalar
-        for i in range(n):
-            gx[i] += E.divs_b(x[i], y[i], g[i], c)
-    elif op == 21:  # clamp_min
-        for i in range(n):
-            gx[i] += E.clampmin_b(x[i], y[i], g[i], c)
-    elif op == 22:  # clamp_max
-        for i in range(n):
-            gx[i] += E.clampmax_b(x[i], y[i], g[i], c)
-    elif op == 23:  # clone
-        for i in range(n):
-            gx[i] += E.copy_b(x[i], y[i], g[i], c)
+def _op2_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (neg)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.neg_b(x[i], y[i], g[i], c)
 
 
-@njit(**NJIT_INNER)
-def _binary_fwd(op, px, pz, po, n, sx, sz, c):  # pragma: no cover
-    x = carray(px, n if sx else 1)   # stride 0: a broadcast scalar
-    z = carray(pz, n if sz else 1)
-    o = carray(po, n)
-    if op == 24:  # add
-        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
-            for i in range(n):
-                o[i] = E.add_f(x[i], z[i], c)
-        else:
-            for i in range(n):
-                o[i] = E.add_f(x[i * sx], z[i * sz], c)
-    elif op == 25:  # sub
-        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
-            for i in range(n):
-                o[i] = E.sub_f(x[i], z[i], c)
-        else:
-            for i in range(n):
-                o[i] = E.sub_f(x[i * sx], z[i * sz], c)
-    elif op == 26:  # mul
-        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
-            for i in range(n):
-                o[i] = E.mul_f(x[i], z[i], c)
-        else:
-            for i in range(n):
-                o[i] = E.mul_f(x[i * sx], z[i * sz], c)
-    elif op == 27:  # div
-        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
-            for i in range(n):
-                o[i] = E.div_f(x[i], z[i], c)
-        else:
-            for i in range(n):
-                o[i] = E.div_f(x[i * sx], z[i * sz], c)
-    elif op == 28:  # pow
-        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
-            for i in range(n):
-                o[i] = E.pow_f(x[i], z[i], c)
-        else:
-            for i in range(n):
-                o[i] = E.pow_f(x[i * sx], z[i * sz], c)
-    elif op == 29:  # maximum
-        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
-            for i in range(n):
-                o[i] = E.maximum_f(x[i], z[i], c)
-        else:
-            for i in range(n):
-                o[i] = E.maximum_f(x[i * sx], z[i * sz], c)
-    elif op == 30:  # minimum
-        if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
-            for i in range(n):
-                o[i] = E.minimum_f(x[i], z[i], c)
-        else:
-            for i in range(n):
-                o[i] = E.minimum_f(x[i * sx], z[i * sz], c)
+def _op2_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (neg)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.neg_f(x[i], c)
 
 
-@njit(**NJIT)
-def _binary_bwd(op, px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover
-    x = carray(px, n if sx else 1)
-    z = carray(pz, n if sz else 1)
-    y = carray(py, n)
-    g = carray(pg, n)
-    gx = carray(pgx, (n if sx else 1) if wx else 0)
-    gz = carray(pgz, (n if sz else 1) if wz else 0)
-    if op == 24:  # add
-        if sx == 1 and sz == 1 and wx and wz:
-            for i in range(n):
-                dx, dz = E.add_b(x[i], z[i], y[i], g[i], c)
-                gx[i] += dx
-                gz[i] += dz
-            return
-        for i in range(n):
-            dx, dz = E.add_b(x[i * sx], z[i * sz], y[i], g[i], c)
-            if wx:
-                gx[i * sx] += dx
-            if wz:
-                gz[i * sz] += dz
-    elif op == 25:  # sub
-        if sx == 1 and sz == 1 and wx and wz:
-            for i in range(n):
-                dx, dz = E.sub_b(x[i], z[i], y[i], g[i], c)
-                gx[i] += dx
-                gz[i] += dz
-            return
-        for i in range(n):
-            dx, dz = E.sub_b(x[i * sx], z[i * sz], y[i], g[i], c)
-            if wx:
-                gx[i * sx] += dx
-            if wz:
-                gz[i * sz] += dz
-    elif op == 26:  # mul
-        if sx == 1 and sz == 1 and wx and wz:
-            for i in range(n):
-                dx, dz = E.mul_b(x[i], z[i], y[i], g[i], c)
-                gx[i] += dx
-                gz[i] += dz
-            return
-        for i in range(n):
-            dx, dz = E.mul_b(x[i * sx], z[i * sz], y[i], g[i], c)
-            if wx:
-                gx[i * sx] += dx
-            if wz:
-                gz[i * sz] += dz
-    elif op == 27:  # div
-        if sx == 1 and sz == 1 and wx and wz:
-            for i in range(n):
-                dx, dz = E.div_b(x[i], z[i], y[i], g[i], c)
-                gx[i] += dx
-                gz[i] += dz
-            return
-        for i in range(n):
-            dx, dz = E.div_b(x[i * sx], z[i * sz], y[i], g[i], c)
-            if wx:
-                gx[i * sx] += dx
-            if wz:
-                gz[i * sz] += dz
-    elif op == 28:  # pow
-        if sx == 1 and sz == 1 and wx and wz:
-            for i in range(n):
-                dx, dz = E.pow_b(x[i], z[i], y[i], g[i], c)
-                gx[i] += dx
-                gz[i] += dz
-            return
-        for i in range(n):
-            dx, dz = E.pow_b(x[i * sx], z[i * sz], y[i], g[i], c)
-            if wx:
-                gx[i * sx] += dx
-            if wz:
-                gz[i * sz] += dz
-    elif op == 29:  # maximum
-        if sx == 1 and sz == 1 and wx and wz:
-            for i in range(n):
-                dx, dz = E.maximum_b(x[i], z[i], y[i], g[i], c)
-                gx[i] += dx
-                gz[i] += dz
-            return
-        for i in range(n):
-            dx, dz = E.maximum_b(x[i * sx], z[i * sz], y[i], g[i], c)
-            if wx:
-                gx[i * sx] += dx
-            if wz:
-                gz[i * sz] += dz
-    elif op == 30:  # minimum
-        if sx == 1 and sz == 1 and wx and wz:
-            for i in range(n):
-                dx, dz = E.minimum_b(x[i], z[i], y[i], g[i], c)
-                gx[i] += dx
-                gz[i] += dz
-            return
-        for i in range(n):
-            dx, dz = E.minimum_b(x[i * sx], z[i * sz], y[i], g[i], c)
-            if wx:
-                gx[i * sx] += dx
-            if wz:
-                gz[i * sz] += dz
+def _op2_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (neg)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.neg_b(x[i], y[i], g[i], c)
 
 
-@njit(**NJIT_INNER)
-def _fwd_typed(op, bc, po, pa, pb, n, m, c):  # pragma: no cover
-    if op <= 23:
-        _unary_fwd(op, pa, po, n, c)
-    elif op <= 30:
-        _binary_fwd(op, pa, pb, po, n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), c)
+def _op3_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (exp)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = V.exp_f(x[i], c)
+
+
+def _op3_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (exp)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.exp_b(x[i], y[i], g[i], c)
+
+
+def _op3_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (exp)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = V.exp_f(x[i], c)
+
+
+def _op3_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (exp)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.exp_b(x[i], y[i], g[i], c)
+
+
+def _op4_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (log)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.log_f(x[i], c)
+
+
+def _op4_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (log)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.log_b(x[i], y[i], g[i], c)
+
+
+def _op4_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (log)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.log_f(x[i], c)
+
+
+def _op4_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (log)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.log_b(x[i], y[i], g[i], c)
+
+
+def _op5_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (sin)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = V.sin_f(x[i], c)
+    for i in range(n):
+        if not V.fast_ok(x[i]):
+            o[i] = E.sin_f(x[i], c)
+
+
+def _op5_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (sin)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):   # branch-free, vectorized; then libm's rule where it must
+        v = gx[i]
+        d = V.sin_b(x[i], y[i], g[i], c)
+        gx[i] = v + d if V.fast_ok(x[i]) else v
+    for i in range(n):
+        if not V.fast_ok(x[i]):
+            gx[i] += E.sin_b(x[i], y[i], g[i], c)
+
+
+def _op5_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (sin)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = V.sin_f(x[i], c)
+    for i in range(n):
+        if not V.fast_ok(x[i]):
+            o[i] = E.sin_f(x[i], c)
+
+
+def _op5_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (sin)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):   # branch-free, vectorized; then libm's rule where it must
+        v = gx[i]
+        d = V.sin_b(x[i], y[i], g[i], c)
+        gx[i] = v + d if V.fast_ok(x[i]) else v
+    for i in range(n):
+        if not V.fast_ok(x[i]):
+            gx[i] += E.sin_b(x[i], y[i], g[i], c)
+
+
+def _op6_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (cos)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = V.cos_f(x[i], c)
+    for i in range(n):
+        if not V.fast_ok(x[i]):
+            o[i] = E.cos_f(x[i], c)
+
+
+def _op6_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (cos)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):   # branch-free, vectorized; then libm's rule where it must
+        v = gx[i]
+        d = V.cos_b(x[i], y[i], g[i], c)
+        gx[i] = v + d if V.fast_ok(x[i]) else v
+    for i in range(n):
+        if not V.fast_ok(x[i]):
+            gx[i] += E.cos_b(x[i], y[i], g[i], c)
+
+
+def _op6_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (cos)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = V.cos_f(x[i], c)
+    for i in range(n):
+        if not V.fast_ok(x[i]):
+            o[i] = E.cos_f(x[i], c)
+
+
+def _op6_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (cos)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):   # branch-free, vectorized; then libm's rule where it must
+        v = gx[i]
+        d = V.cos_b(x[i], y[i], g[i], c)
+        gx[i] = v + d if V.fast_ok(x[i]) else v
+    for i in range(n):
+        if not V.fast_ok(x[i]):
+            gx[i] += E.cos_b(x[i], y[i], g[i], c)
+
+
+def _op7_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (tanh)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = V.tanh_f(x[i], c)
+
+
+def _op7_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (tanh)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.tanh_b(x[i], y[i], g[i], c)
+
+
+def _op7_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (tanh)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = V.tanh_f(x[i], c)
+
+
+def _op7_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (tanh)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.tanh_b(x[i], y[i], g[i], c)
+
+
+def _op8_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (sigmoid)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.sigmoid_f(x[i], c)
+
+
+def _op8_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (sigmoid)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.sigmoid_b(x[i], y[i], g[i], c)
+
+
+def _op8_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (sigmoid)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.sigmoid_f(x[i], c)
+
+
+def _op8_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (sigmoid)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.sigmoid_b(x[i], y[i], g[i], c)
+
+
+def _op9_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (relu)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.relu_f(x[i], c)
+
+
+def _op9_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (relu)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.relu_b(x[i], y[i], g[i], c)
+
+
+def _op9_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (relu)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.relu_f(x[i], c)
+
+
+def _op9_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (relu)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.relu_b(x[i], y[i], g[i], c)
+
+
+def _op10_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (abs)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.abs_f(x[i], c)
+
+
+def _op10_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (abs)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.abs_b(x[i], y[i], g[i], c)
+
+
+def _op10_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (abs)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.abs_f(x[i], c)
+
+
+def _op10_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (abs)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.abs_b(x[i], y[i], g[i], c)
+
+
+def _op11_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (sqrt)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.sqrt_f(x[i], c)
+
+
+def _op11_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (sqrt)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.sqrt_b(x[i], y[i], g[i], c)
+
+
+def _op11_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (sqrt)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.sqrt_f(x[i], c)
+
+
+def _op11_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (sqrt)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.sqrt_b(x[i], y[i], g[i], c)
+
+
+def _op12_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (square)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.square_f(x[i], c)
+
+
+def _op12_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (square)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.square_b(x[i], y[i], g[i], c)
+
+
+def _op12_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (square)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.square_f(x[i], c)
+
+
+def _op12_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (square)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.square_b(x[i], y[i], g[i], c)
+
+
+def _op13_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (reciprocal)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.reciprocal_f(x[i], c)
+
+
+def _op13_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (reciprocal)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.reciprocal_b(x[i], y[i], g[i], c)
+
+
+def _op13_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (reciprocal)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.reciprocal_f(x[i], c)
+
+
+def _op13_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (reciprocal)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.reciprocal_b(x[i], y[i], g[i], c)
+
+
+def _op14_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (pow_scalar)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.powc_f(x[i], c)
+
+
+def _op14_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (pow_scalar)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.powc_b(x[i], y[i], g[i], c)
+
+
+def _op14_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (pow_scalar)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.powc_f(x[i], c)
+
+
+def _op14_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (pow_scalar)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.powc_b(x[i], y[i], g[i], c)
+
+
+def _op15_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (rpow_scalar)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.rpowc_f(x[i], c)
+
+
+def _op15_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (rpow_scalar)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.rpowc_b(x[i], y[i], g[i], c)
+
+
+def _op15_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (rpow_scalar)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.rpowc_f(x[i], c)
+
+
+def _op15_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (rpow_scalar)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.rpowc_b(x[i], y[i], g[i], c)
+
+
+def _op16_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (add_scalar)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.adds_f(x[i], c)
+
+
+def _op16_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (add_scalar)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.adds_b(x[i], y[i], g[i], c)
+
+
+def _op16_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (add_scalar)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.adds_f(x[i], c)
+
+
+def _op16_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (add_scalar)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.adds_b(x[i], y[i], g[i], c)
+
+
+def _op17_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (sub_scalar)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.subs_f(x[i], c)
+
+
+def _op17_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (sub_scalar)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.subs_b(x[i], y[i], g[i], c)
+
+
+def _op17_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (sub_scalar)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.subs_f(x[i], c)
+
+
+def _op17_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (sub_scalar)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.subs_b(x[i], y[i], g[i], c)
+
+
+def _op18_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (rsub_scalar)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.rsubs_f(x[i], c)
+
+
+def _op18_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (rsub_scalar)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.rsubs_b(x[i], y[i], g[i], c)
+
+
+def _op18_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (rsub_scalar)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.rsubs_f(x[i], c)
+
+
+def _op18_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (rsub_scalar)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.rsubs_b(x[i], y[i], g[i], c)
+
+
+def _op19_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (mul_scalar)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.muls_f(x[i], c)
+
+
+def _op19_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (mul_scalar)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.muls_b(x[i], y[i], g[i], c)
+
+
+def _op19_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (mul_scalar)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.muls_f(x[i], c)
+
+
+def _op19_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (mul_scalar)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.muls_b(x[i], y[i], g[i], c)
+
+
+def _op20_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (div_scalar)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.divs_f(x[i], c)
+
+
+def _op20_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (div_scalar)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.divs_b(x[i], y[i], g[i], c)
+
+
+def _op20_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (div_scalar)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.divs_f(x[i], c)
+
+
+def _op20_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (div_scalar)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.divs_b(x[i], y[i], g[i], c)
+
+
+def _op21_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (clamp_min)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.clampmin_f(x[i], c)
+
+
+def _op21_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (clamp_min)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.clampmin_b(x[i], y[i], g[i], c)
+
+
+def _op21_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (clamp_min)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.clampmin_f(x[i], c)
+
+
+def _op21_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (clamp_min)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.clampmin_b(x[i], y[i], g[i], c)
+
+
+def _op22_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (clamp_max)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.clampmax_f(x[i], c)
+
+
+def _op22_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (clamp_max)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.clampmax_b(x[i], y[i], g[i], c)
+
+
+def _op22_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (clamp_max)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.clampmax_f(x[i], c)
+
+
+def _op22_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (clamp_max)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.clampmax_b(x[i], y[i], g[i], c)
+
+
+def _op23_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (clone)
+    x = carray(f32p(px), n)
+    o = carray(f32p(po), n)
+    for i in range(n):
+        o[i] = E.copy_f(x[i], c)
+
+
+def _op23_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (clone)
+    x = carray(f32p(px), n)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), n)
+    for i in range(n):
+        gx[i] += E.copy_b(x[i], y[i], g[i], c)
+
+
+def _op23_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (clone)
+    x = carray(f64p(px), n)
+    o = carray(f64p(po), n)
+    for i in range(n):
+        o[i] = E.copy_f(x[i], c)
+
+
+def _op23_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (clone)
+    x = carray(f64p(px), n)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), n)
+    for i in range(n):
+        gx[i] += E.copy_b(x[i], y[i], g[i], c)
+
+
+def _op24_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (add)
+    x = carray(f32p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f32p(pz), n if sz else 1)
+    o = carray(f32p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.add_f(x[i], z[i], c)
     else:
-        o = carray(po, 1)
-        x = carray(pa, m)
-        acc = 0.0
-        for t0 in range(0, m, TILE):     # tile by tile, as fused_*: both give the same bits
-            p = 0.0
-            for i in range(t0, min(t0 + TILE, m)):
-                p += x[i]
-            acc += p
-        o[0] = acc / m if (op == MEAN and m > 0) else (acc if op == SUM else np.nan)
+        for i in range(n):
+            o[i] = E.add_f(x[i * sx], z[i * sz], c)
 
 
-@njit(**NJIT_INNER)
-def _bwd_typed(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c):  # pragma: no cover
-    if op <= 23:
-        _unary_bwd(op, pa, po, pg, pga, n, c)
-    elif op <= 30:
-        _binary_bwd(op, pa, pb, po, pg, pga, pgb, n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), wa, wb, c)
+def _op24_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (add)
+    x = carray(f32p(px), n if sx else 1)
+    z = carray(f32p(pz), n if sz else 1)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f32p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.add_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.add_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op24_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (add)
+    x = carray(f64p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f64p(pz), n if sz else 1)
+    o = carray(f64p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.add_f(x[i], z[i], c)
     else:
-        g = carray(pg, 1)
-        gx = carray(pga, m)
-        v = g[0] / m if op == MEAN else g[0]
-        for i in range(m):
-            gx[i] += v
+        for i in range(n):
+            o[i] = E.add_f(x[i * sx], z[i * sz], c)
+
+
+def _op24_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (add)
+    x = carray(f64p(px), n if sx else 1)
+    z = carray(f64p(pz), n if sz else 1)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f64p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.add_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.add_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op25_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (sub)
+    x = carray(f32p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f32p(pz), n if sz else 1)
+    o = carray(f32p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.sub_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.sub_f(x[i * sx], z[i * sz], c)
+
+
+def _op25_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (sub)
+    x = carray(f32p(px), n if sx else 1)
+    z = carray(f32p(pz), n if sz else 1)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f32p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.sub_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.sub_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op25_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (sub)
+    x = carray(f64p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f64p(pz), n if sz else 1)
+    o = carray(f64p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.sub_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.sub_f(x[i * sx], z[i * sz], c)
+
+
+def _op25_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (sub)
+    x = carray(f64p(px), n if sx else 1)
+    z = carray(f64p(pz), n if sz else 1)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f64p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.sub_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.sub_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op26_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (mul)
+    x = carray(f32p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f32p(pz), n if sz else 1)
+    o = carray(f32p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.mul_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.mul_f(x[i * sx], z[i * sz], c)
+
+
+def _op26_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (mul)
+    x = carray(f32p(px), n if sx else 1)
+    z = carray(f32p(pz), n if sz else 1)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f32p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.mul_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.mul_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op26_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (mul)
+    x = carray(f64p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f64p(pz), n if sz else 1)
+    o = carray(f64p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.mul_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.mul_f(x[i * sx], z[i * sz], c)
+
+
+def _op26_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (mul)
+    x = carray(f64p(px), n if sx else 1)
+    z = carray(f64p(pz), n if sz else 1)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f64p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.mul_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.mul_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op27_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (div)
+    x = carray(f32p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f32p(pz), n if sz else 1)
+    o = carray(f32p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.div_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.div_f(x[i * sx], z[i * sz], c)
+
+
+def _op27_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (div)
+    x = carray(f32p(px), n if sx else 1)
+    z = carray(f32p(pz), n if sz else 1)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f32p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.div_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.div_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op27_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (div)
+    x = carray(f64p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f64p(pz), n if sz else 1)
+    o = carray(f64p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.div_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.div_f(x[i * sx], z[i * sz], c)
+
+
+def _op27_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (div)
+    x = carray(f64p(px), n if sx else 1)
+    z = carray(f64p(pz), n if sz else 1)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f64p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.div_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.div_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op28_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (pow)
+    x = carray(f32p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f32p(pz), n if sz else 1)
+    o = carray(f32p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.pow_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.pow_f(x[i * sx], z[i * sz], c)
+
+
+def _op28_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (pow)
+    x = carray(f32p(px), n if sx else 1)
+    z = carray(f32p(pz), n if sz else 1)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f32p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.pow_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.pow_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op28_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (pow)
+    x = carray(f64p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f64p(pz), n if sz else 1)
+    o = carray(f64p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.pow_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.pow_f(x[i * sx], z[i * sz], c)
+
+
+def _op28_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (pow)
+    x = carray(f64p(px), n if sx else 1)
+    z = carray(f64p(pz), n if sz else 1)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f64p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.pow_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.pow_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op29_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (maximum)
+    x = carray(f32p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f32p(pz), n if sz else 1)
+    o = carray(f32p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.maximum_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.maximum_f(x[i * sx], z[i * sz], c)
+
+
+def _op29_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (maximum)
+    x = carray(f32p(px), n if sx else 1)
+    z = carray(f32p(pz), n if sz else 1)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f32p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.maximum_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.maximum_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op29_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (maximum)
+    x = carray(f64p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f64p(pz), n if sz else 1)
+    o = carray(f64p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.maximum_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.maximum_f(x[i * sx], z[i * sz], c)
+
+
+def _op29_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (maximum)
+    x = carray(f64p(px), n if sx else 1)
+    z = carray(f64p(pz), n if sz else 1)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f64p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.maximum_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.maximum_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op30_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (minimum)
+    x = carray(f32p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f32p(pz), n if sz else 1)
+    o = carray(f32p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.minimum_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.minimum_f(x[i * sx], z[i * sz], c)
+
+
+def _op30_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (minimum)
+    x = carray(f32p(px), n if sx else 1)
+    z = carray(f32p(pz), n if sz else 1)
+    y = carray(f32p(py), n)
+    g = carray(f32p(pg), n)
+    gx = carray(f32p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f32p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.minimum_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.minimum_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+def _op30_fwd_f64(px, pz, po, n, sx, sz, c):  # pragma: no cover (minimum)
+    x = carray(f64p(px), n if sx else 1)   # stride 0: a broadcast scalar
+    z = carray(f64p(pz), n if sz else 1)
+    o = carray(f64p(po), n)
+    if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        for i in range(n):
+            o[i] = E.minimum_f(x[i], z[i], c)
+    else:
+        for i in range(n):
+            o[i] = E.minimum_f(x[i * sx], z[i * sz], c)
+
+
+def _op30_bwd_f64(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no cover (minimum)
+    x = carray(f64p(px), n if sx else 1)
+    z = carray(f64p(pz), n if sz else 1)
+    y = carray(f64p(py), n)
+    g = carray(f64p(pg), n)
+    gx = carray(f64p(pgx), (n if sx else 1) if wx else 0)
+    gz = carray(f64p(pgz), (n if sz else 1) if wz else 0)
+    if sx == 1 and sz == 1 and wx and wz:
+        for i in range(n):
+            dx, dz = E.minimum_b(x[i], z[i], y[i], g[i], c)
+            gx[i] += dx
+            gz[i] += dz
+        return
+    for i in range(n):
+        dx, dz = E.minimum_b(x[i * sx], z[i * sz], y[i], g[i], c)
+        if wx:
+            gx[i * sx] += dx
+        if wz:
+            gz[i * sz] += dz
+
+
+#: opcode -> (forward f32, backward f32, forward f64, backward f64)
+OPFN = {
+    2: ('_op2_fwd_f32', '_op2_bwd_f32', '_op2_fwd_f64', '_op2_bwd_f64'),
+    3: ('_op3_fwd_f32', '_op3_bwd_f32', '_op3_fwd_f64', '_op3_bwd_f64'),
+    4: ('_op4_fwd_f32', '_op4_bwd_f32', '_op4_fwd_f64', '_op4_bwd_f64'),
+    5: ('_op5_fwd_f32', '_op5_bwd_f32', '_op5_fwd_f64', '_op5_bwd_f64'),
+    6: ('_op6_fwd_f32', '_op6_bwd_f32', '_op6_fwd_f64', '_op6_bwd_f64'),
+    7: ('_op7_fwd_f32', '_op7_bwd_f32', '_op7_fwd_f64', '_op7_bwd_f64'),
+    8: ('_op8_fwd_f32', '_op8_bwd_f32', '_op8_fwd_f64', '_op8_bwd_f64'),
+    9: ('_op9_fwd_f32', '_op9_bwd_f32', '_op9_fwd_f64', '_op9_bwd_f64'),
+    10: ('_op10_fwd_f32', '_op10_bwd_f32', '_op10_fwd_f64', '_op10_bwd_f64'),
+    11: ('_op11_fwd_f32', '_op11_bwd_f32', '_op11_fwd_f64', '_op11_bwd_f64'),
+    12: ('_op12_fwd_f32', '_op12_bwd_f32', '_op12_fwd_f64', '_op12_bwd_f64'),
+    13: ('_op13_fwd_f32', '_op13_bwd_f32', '_op13_fwd_f64', '_op13_bwd_f64'),
+    14: ('_op14_fwd_f32', '_op14_bwd_f32', '_op14_fwd_f64', '_op14_bwd_f64'),
+    15: ('_op15_fwd_f32', '_op15_bwd_f32', '_op15_fwd_f64', '_op15_bwd_f64'),
+    16: ('_op16_fwd_f32', '_op16_bwd_f32', '_op16_fwd_f64', '_op16_bwd_f64'),
+    17: ('_op17_fwd_f32', '_op17_bwd_f32', '_op17_fwd_f64', '_op17_bwd_f64'),
+    18: ('_op18_fwd_f32', '_op18_bwd_f32', '_op18_fwd_f64', '_op18_bwd_f64'),
+    19: ('_op19_fwd_f32', '_op19_bwd_f32', '_op19_fwd_f64', '_op19_bwd_f64'),
+    20: ('_op20_fwd_f32', '_op20_bwd_f32', '_op20_fwd_f64', '_op20_bwd_f64'),
+    21: ('_op21_fwd_f32', '_op21_bwd_f32', '_op21_fwd_f64', '_op21_bwd_f64'),
+    22: ('_op22_fwd_f32', '_op22_bwd_f32', '_op22_fwd_f64', '_op22_bwd_f64'),
+    23: ('_op23_fwd_f32', '_op23_bwd_f32', '_op23_fwd_f64', '_op23_bwd_f64'),
+    24: ('_op24_fwd_f32', '_op24_bwd_f32', '_op24_fwd_f64', '_op24_bwd_f64'),
+    25: ('_op25_fwd_f32', '_op25_bwd_f32', '_op25_fwd_f64', '_op25_bwd_f64'),
+    26: ('_op26_fwd_f32', '_op26_bwd_f32', '_op26_fwd_f64', '_op26_bwd_f64'),
+    27: ('_op27_fwd_f32', '_op27_bwd_f32', '_op27_fwd_f64', '_op27_bwd_f64'),
+    28: ('_op28_fwd_f32', '_op28_bwd_f32', '_op28_fwd_f64', '_op28_bwd_f64'),
+    29: ('_op29_fwd_f32', '_op29_bwd_f32', '_op29_fwd_f64', '_op29_bwd_f64'),
+    30: ('_op30_fwd_f32', '_op30_bwd_f32', '_op30_fwd_f64', '_op30_bwd_f64'),
+}
 
 
 @njit(**NJIT_INNER)
@@ -434,18 +1315,19 @@ def _grad_addr(p, pg, pla, pls, pln, base):  # pragma: no cover
 # ----- float32 entry points --------------------------------------------------
 
 @njit(**NJIT_INNER)
-def _fwd_one_f32(k, o, xa, xb, cq, t0, m):  # pragma: no cover
+def _fwd_one_f32(k, o, xa, xb, cq, t0, m, PF):  # pragma: no cover
     """A record (code k, addresses o/xa/xb, attribute cq) on elements t0..t0+m-1 (a tile;
-    broadcast inputs are not offset). NOTE: scalars only: every array argument of a call
-    costs an atomic incref/decref pair (~20 ns a call measured, most of W1's replay)."""
+    broadcast inputs are not offset); PF: the address of the op functions' table. NOTE: scalars
+    only: every array argument of a call costs an atomic incref/decref pair (~20 ns a call
+    measured, most of W1's replay)."""
     bc = (k >> 2) & 3
     oa = 0 if bc & 1 else t0 * 4
     ob = 0 if bc & 2 else t0 * 4
-    _fwd_typed(k >> 5, bc, f32p(o + t0 * 4), f32p(xa + oa), f32p(xb + ob), m, xb, cq)
+    _fwd_typed_f32(k >> 5, bc, o + t0 * 4, xa + oa, xb + ob, m, xb, cq, PF)
 
 
 @njit(**NJIT_PARALLEL)
-def _fwd_tiles_f32(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
+def _fwd_tiles_f32(code, n, out, a, b, c, r0, r1, total, PF):  # pragma: no cover
     """A run of elementwise records of `total` elements each, tile by tile
     (intermediates stay in cache), tiles in parallel."""
     nt = (total + TILE - 1) // TILE
@@ -454,17 +1336,19 @@ def _fwd_tiles_f32(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
         m = min(TILE, total - t0)
         for q in range(r0, r1):
             if (code[q] >> 5) != 0:
-                _fwd_one_f32(code[q], out[q], a[q], b[q], c[q], t0, m)
+                _fwd_one_f32(code[q], out[q], a[q], b[q], c[q], t0, m, PF)
 
 
 @njit(**NJIT)
-def forward_f32(T, F, E, lo, hi):  # pragma: no cover
+def forward_f32(T, F, E, FT, lo, hi):  # pragma: no cover
     """Run records lo..hi-1 in program order; stop at an escape record (but a native one)
     or at a record of the other float dtype (each dtype compiles only when used).
     T / F: the tape rows as int64 / float64 (each array argument costs ~1 us to unbox, and
-    this is called once per flush); E: the escape records' producer lists and descriptors."""
+    this is called once per flush); E: the escape records' producer lists and descriptors;
+    FT: the op functions' table (Note [op functions]): -(r + 2) when record r's is not compiled."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
     PE = addr_of(E)
+    PF = addr_of(FT)
     r = lo
     while r < hi:
         k = code[r]
@@ -480,28 +1364,34 @@ def forward_f32(T, F, E, lo, hi):  # pragma: no cover
             _nat_fwd_f32(PE + 8 * b[r], out[r])
             r += 1
             continue
+        if op <= 30 and i64p(PF)[op * 4 + 0 * 2] == 0:
+            return -(r + 2)
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_f32: its parallel loop compiles only when used (bench C0)
-        _fwd_one_f32(code[r], out[r], a[r], b[r], c[r], 0, n[r])
+        _fwd_one_f32(code[r], out[r], a[r], b[r], c[r], 0, n[r], PF)
         r += 1
     return -1
 
 
 @njit(**NJIT)
-def fwd_run_f32(T, F, r, hi):  # pragma: no cover
+def fwd_run_f32(T, F, FT, r, hi):  # pragma: no cover
     """The run of large elementwise records that starts at r (forward_f32 stopped there),
-    tile by tile; returns the index after it."""
+    tile by tile; returns the index after it (-(r + 2): an op function is missing)."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    PF = addr_of(FT)
     e = r + 1
     while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= 30 and n[e] == n[r]
            and (code[e] & 3) == 0):
         e += 1
-    _fwd_tiles_f32(code, n, out, a, b, c, r, e, n[r])
+    for q in range(r, e):
+        if i64p(PF)[(code[q] >> 5) * 4 + 0 * 2] == 0:
+            return -(r + 2)
+    _fwd_tiles_f32(code, n, out, a, b, c, r, e, n[r], PF)
     return e
 
 
 @njit(**NJIT_INNER)
-def _bwd_one_f32(k, o, xa, xb, cq, gq, ga, gb, t0, m):  # pragma: no cover
+def _bwd_one_f32(k, o, xa, xb, cq, gq, ga, gb, t0, m, PF):  # pragma: no cover
     """The reverse of _fwd_one_f32: gq is the record's gradient, ga/gb its inputs' (0: none)."""
     bc = (k >> 2) & 3
     op = k >> 5
@@ -509,41 +1399,43 @@ def _bwd_one_f32(k, o, xa, xb, cq, gq, ga, gb, t0, m):  # pragma: no cover
     ob = 0 if bc & 2 else t0 * 4
     if op > 30:
         oa = 0
-    _bwd_typed(op, bc, f32p(o + t0 * 4), f32p(xa + oa), f32p(xb + ob), f32p(gq + t0 * 4),
-               f32p(ga + oa), f32p(gb + ob), ga != 0, gb != 0, m, xb, cq)
+    _bwd_typed_f32(op, bc, o + t0 * 4, xa + oa, xb + ob, gq + t0 * 4, ga + oa, gb + ob,
+                       ga != 0, gb != 0, m, xb, cq, PF)
 
 
 @njit(**NJIT_PARALLEL)
-def _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+def _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total, PF):  # pragma: no cover
     nt = (total + TILE - 1) // TILE
     for t in prange(nt):
         t0 = t * TILE
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f32(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_f32(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m, PF)
 
 
 @njit(**NJIT)
-def _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+def _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total, PF):  # pragma: no cover
     nt = (total + TILE - 1) // TILE
     for t in range(nt):
         t0 = t * TILE
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f32(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_f32(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m, PF)
 
 
 @njit(**NJIT)
-def backward_f32(T, F, E, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
     stop at an escape record (but a native one) or a record of the other float dtype
-    and return its index. Runs of large elementwise
+    and return its index (-(r + 2): record r's op function is not compiled; the records above
+    it have run). Runs of large elementwise
     records go tile by tile (in parallel unless an input is broadcast)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PE = addr_of(E)
+    PF = addr_of(FT)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -562,28 +1454,35 @@ def backward_f32(T, F, E, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, l
             _nat_bwd_f32(PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base)
             r -= 1
             continue
+        if op <= 30 and i64p(PF)[op * 4 + 0 * 2 + 1] == 0:
+            return -(r + 2)
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs bwd_run_f32 (see forward_f32)
         ga = _grad_addr(pa[r], PG, PLA, PLS, PLN, base)
         gb = 0
         if op >= 24 and op <= 30:
             gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
-        _bwd_one_f32(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r])
+        _bwd_one_f32(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r], PF)
         r -= 1
     return -1
 
 
 @njit(**NJIT)
-def bwd_run_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
+def bwd_run_f32(T, F, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
     """The run of large elementwise records that ends at r (backward_f32 stopped there), in
-    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it."""
+    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it
+    (-(r + 2): an op function is missing, nothing has run)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
+    PF = addr_of(FT)
     s = r - 1
     while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= 30 and n[s] == n[r]
            and (code[s] & 3) == 0):
         s -= 1
     s += 1
+    for q in range(s, r + 1):
+        if (code[q] >> 5) != 0 and i64p(PF)[(code[q] >> 5) * 4 + 0 * 2 + 1] == 0:
+            return -(r + 2)
     GA = np.zeros(r - s + 1, np.int64)
     GB = np.zeros(r - s + 1, np.int64)
     par = True
@@ -596,11 +1495,42 @@ def bwd_run_f32(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  
         if (code[q] >> 2) & 3:
             par = False
     if par:
-        _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+        _bwd_tiles_par_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r], PF)
     else:
-        _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+        _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r], PF)
     return s - 1
 
+
+
+@njit(**NJIT_INNER)
+def _fwd_typed_f32(op, bc, po, pa, pb, n, m, c, PF):  # pragma: no cover
+    """Record op on n elements at addresses po/pa/pb: an elementwise one through its op function
+    (Note [op functions]), a full reduction (m input elements) here."""
+    if op <= 30:
+        call_fwd(i64p(PF)[op * 4 + 0 * 2], pa, pb, po, n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), c)
+    else:
+        o = carray(f32p(po), 1)
+        x = carray(f32p(pa), m)
+        acc = 0.0
+        for t0 in range(0, m, TILE):     # tile by tile, as fused_*: both give the same bits
+            p = 0.0
+            for i in range(t0, min(t0 + TILE, m)):
+                p += x[i]
+            acc += p
+        o[0] = acc / m if (op == MEAN and m > 0) else (acc if op == SUM else np.nan)
+
+
+@njit(**NJIT_INNER)
+def _bwd_typed_f32(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c, PF):  # pragma: no cover
+    if op <= 30:
+        call_bwd(i64p(PF)[op * 4 + 0 * 2 + 1], pa, pb, po, pg, pga, pgb, n, 1 - (bc & 1),
+                 1 - ((bc >> 1) & 1), 1 if wa else 0, 1 if wb else 0, c)
+    else:
+        g = carray(f32p(pg), 1)
+        gx = carray(f32p(pga), m)
+        v = g[0] / m if op == MEAN else g[0]
+        for i in range(m):
+            gx[i] += v
 
 
 # Native escape records (Note [native records] in ops/pyops.py): E[d] kind, E[d + 1] the
@@ -753,7 +1683,7 @@ def _tile_at_f32(j, addr, bcast, rows, om, out, sp, off):  # pragma: no cover
 
 
 @njit(**NJIT_PARALLEL)
-def fused_f32(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, total, nthreads):  # pragma: no cover
+def fused_f32(T, F, FT, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, total, nthreads):  # pragma: no cover
     """Forward and backward of a pending run of elementwise records `rows` (physical
     indices) that ends in a full sum or mean `root` of run row jr, tile by tile, chunks of
     tiles in parallel. Outputs with om[q] == 0 (dead, and read by no later pass) and every
@@ -765,6 +1695,7 @@ def fused_f32(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
     makes the function uncacheable). The same arithmetic, in the same order per element,
     as forward_f32 then backward_f32: the same bits."""
     code, out, a, b, c = T[:, 0], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    PF = addr_of(FT)
     k = rows.shape[0]
     nt = (total + TILE - 1) // TILE
     nc = min(nt, 4 * nthreads)   # chunks of tiles; each allocates its scratch once
@@ -790,7 +1721,7 @@ def fused_f32(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
                 po = _tile_at_f32(q, 0, 0, rows, om, out, sp, off)   # its own output's tile
                 xa = _tile_at_f32(ia[q], a[r], bc & 1, rows, om, out, sp, off)
                 xb = _tile_at_f32(ib[q], b[r], bc & 2, rows, om, out, sp, off)
-                _fwd_typed(code[r] >> 5, bc, f32p(po), f32p(xa), f32p(xb), m, b[r], c[r])
+                _fwd_typed_f32(code[r] >> 5, bc, po, xa, xb, m, b[r], c[r], PF)
             x = carray(f32p(_tile_at_f32(jr, 0, 0, rows, om, out, sp, off)), m)
             p = 0.0
             for i in range(m):
@@ -808,8 +1739,8 @@ def fused_f32(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
                 xb = _tile_at_f32(ib[q], b[r], bc & 2, rows, om, out, sp, off)
                 ga = gp + gja[q] * TILE * 4 if gja[q] >= 0 else (gla[q] + off if gla[q] != 0 else 0)
                 gb = gp + gjb[q] * TILE * 4 if gjb[q] >= 0 else (glb[q] + off if glb[q] != 0 else 0)
-                _bwd_typed(code[r] >> 5, bc, f32p(po), f32p(xa), f32p(xb), f32p(gp + q * TILE * 4),
-                           f32p(ga), f32p(gb), ga != 0, gb != 0, m, b[r], c[r])
+                _bwd_typed_f32(code[r] >> 5, bc, po, xa, xb, gp + q * TILE * 4, ga, gb, ga != 0, gb != 0,
+                                   m, b[r], c[r], PF)
     acc = 0.0
     for t in range(nt):
         acc += part[t]
@@ -819,18 +1750,19 @@ def fused_f32(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
 # ----- float64 entry points --------------------------------------------------
 
 @njit(**NJIT_INNER)
-def _fwd_one_f64(k, o, xa, xb, cq, t0, m):  # pragma: no cover
+def _fwd_one_f64(k, o, xa, xb, cq, t0, m, PF):  # pragma: no cover
     """A record (code k, addresses o/xa/xb, attribute cq) on elements t0..t0+m-1 (a tile;
-    broadcast inputs are not offset). NOTE: scalars only: every array argument of a call
-    costs an atomic incref/decref pair (~20 ns a call measured, most of W1's replay)."""
+    broadcast inputs are not offset); PF: the address of the op functions' table. NOTE: scalars
+    only: every array argument of a call costs an atomic incref/decref pair (~20 ns a call
+    measured, most of W1's replay)."""
     bc = (k >> 2) & 3
     oa = 0 if bc & 1 else t0 * 8
     ob = 0 if bc & 2 else t0 * 8
-    _fwd_typed(k >> 5, bc, f64p(o + t0 * 8), f64p(xa + oa), f64p(xb + ob), m, xb, cq)
+    _fwd_typed_f64(k >> 5, bc, o + t0 * 8, xa + oa, xb + ob, m, xb, cq, PF)
 
 
 @njit(**NJIT_PARALLEL)
-def _fwd_tiles_f64(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
+def _fwd_tiles_f64(code, n, out, a, b, c, r0, r1, total, PF):  # pragma: no cover
     """A run of elementwise records of `total` elements each, tile by tile
     (intermediates stay in cache), tiles in parallel."""
     nt = (total + TILE - 1) // TILE
@@ -839,17 +1771,19 @@ def _fwd_tiles_f64(code, n, out, a, b, c, r0, r1, total):  # pragma: no cover
         m = min(TILE, total - t0)
         for q in range(r0, r1):
             if (code[q] >> 5) != 0:
-                _fwd_one_f64(code[q], out[q], a[q], b[q], c[q], t0, m)
+                _fwd_one_f64(code[q], out[q], a[q], b[q], c[q], t0, m, PF)
 
 
 @njit(**NJIT)
-def forward_f64(T, F, E, lo, hi):  # pragma: no cover
+def forward_f64(T, F, E, FT, lo, hi):  # pragma: no cover
     """Run records lo..hi-1 in program order; stop at an escape record (but a native one)
     or at a record of the other float dtype (each dtype compiles only when used).
     T / F: the tape rows as int64 / float64 (each array argument costs ~1 us to unbox, and
-    this is called once per flush); E: the escape records' producer lists and descriptors."""
+    this is called once per flush); E: the escape records' producer lists and descriptors;
+    FT: the op functions' table (Note [op functions]): -(r + 2) when record r's is not compiled."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
     PE = addr_of(E)
+    PF = addr_of(FT)
     r = lo
     while r < hi:
         k = code[r]
@@ -865,28 +1799,34 @@ def forward_f64(T, F, E, lo, hi):  # pragma: no cover
             _nat_fwd_f64(PE + 8 * b[r], out[r])
             r += 1
             continue
+        if op <= 30 and i64p(PF)[op * 4 + 1 * 2] == 0:
+            return -(r + 2)
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_f64: its parallel loop compiles only when used (bench C0)
-        _fwd_one_f64(code[r], out[r], a[r], b[r], c[r], 0, n[r])
+        _fwd_one_f64(code[r], out[r], a[r], b[r], c[r], 0, n[r], PF)
         r += 1
     return -1
 
 
 @njit(**NJIT)
-def fwd_run_f64(T, F, r, hi):  # pragma: no cover
+def fwd_run_f64(T, F, FT, r, hi):  # pragma: no cover
     """The run of large elementwise records that starts at r (forward_f64 stopped there),
-    tile by tile; returns the index after it."""
+    tile by tile; returns the index after it (-(r + 2): an op function is missing)."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    PF = addr_of(FT)
     e = r + 1
     while (e < hi and (code[e] >> 5) >= 2 and (code[e] >> 5) <= 30 and n[e] == n[r]
            and (code[e] & 3) == 1):
         e += 1
-    _fwd_tiles_f64(code, n, out, a, b, c, r, e, n[r])
+    for q in range(r, e):
+        if i64p(PF)[(code[q] >> 5) * 4 + 1 * 2] == 0:
+            return -(r + 2)
+    _fwd_tiles_f64(code, n, out, a, b, c, r, e, n[r], PF)
     return e
 
 
 @njit(**NJIT_INNER)
-def _bwd_one_f64(k, o, xa, xb, cq, gq, ga, gb, t0, m):  # pragma: no cover
+def _bwd_one_f64(k, o, xa, xb, cq, gq, ga, gb, t0, m, PF):  # pragma: no cover
     """The reverse of _fwd_one_f64: gq is the record's gradient, ga/gb its inputs' (0: none)."""
     bc = (k >> 2) & 3
     op = k >> 5
@@ -894,41 +1834,43 @@ def _bwd_one_f64(k, o, xa, xb, cq, gq, ga, gb, t0, m):  # pragma: no cover
     ob = 0 if bc & 2 else t0 * 8
     if op > 30:
         oa = 0
-    _bwd_typed(op, bc, f64p(o + t0 * 8), f64p(xa + oa), f64p(xb + ob), f64p(gq + t0 * 8),
-               f64p(ga + oa), f64p(gb + ob), ga != 0, gb != 0, m, xb, cq)
+    _bwd_typed_f64(op, bc, o + t0 * 8, xa + oa, xb + ob, gq + t0 * 8, ga + oa, gb + ob,
+                       ga != 0, gb != 0, m, xb, cq, PF)
 
 
 @njit(**NJIT_PARALLEL)
-def _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+def _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total, PF):  # pragma: no cover
     nt = (total + TILE - 1) // TILE
     for t in prange(nt):
         t0 = t * TILE
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f64(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_f64(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m, PF)
 
 
 @njit(**NJIT)
-def _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total):  # pragma: no cover
+def _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total, PF):  # pragma: no cover
     nt = (total + TILE - 1) // TILE
     for t in range(nt):
         t0 = t * TILE
         m = min(TILE, total - t0)
         for q in range(r1, r0 - 1, -1):
             if gaddr[q] != 0 and (code[q] >> 5) != 0:
-                _bwd_one_f64(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m)
+                _bwd_one_f64(code[q], out[q], a[q], b[q], c[q], gaddr[q], GA[q - r0], GB[q - r0], t0, m, PF)
 
 
 @njit(**NJIT)
-def backward_f64(T, F, E, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
     stop at an escape record (but a native one) or a record of the other float dtype
-    and return its index. Runs of large elementwise
+    and return its index (-(r + 2): record r's op function is not compiled; the records above
+    it have run). Runs of large elementwise
     records go tile by tile (in parallel unless an input is broadcast)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PE = addr_of(E)
+    PF = addr_of(FT)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -947,28 +1889,35 @@ def backward_f64(T, F, E, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, l
             _nat_bwd_f64(PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base)
             r -= 1
             continue
+        if op <= 30 and i64p(PF)[op * 4 + 1 * 2 + 1] == 0:
+            return -(r + 2)
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs bwd_run_f64 (see forward_f64)
         ga = _grad_addr(pa[r], PG, PLA, PLS, PLN, base)
         gb = 0
         if op >= 24 and op <= 30:
             gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
-        _bwd_one_f64(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r])
+        _bwd_one_f64(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r], PF)
         r -= 1
     return -1
 
 
 @njit(**NJIT)
-def bwd_run_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
+def bwd_run_f64(T, F, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
     """The run of large elementwise records that ends at r (backward_f64 stopped there), in
-    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it."""
+    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it
+    (-(r + 2): an op function is missing, nothing has run)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
+    PF = addr_of(FT)
     s = r - 1
     while (s >= lo and (code[s] >> 5) >= 2 and (code[s] >> 5) <= 30 and n[s] == n[r]
            and (code[s] & 3) == 1):
         s -= 1
     s += 1
+    for q in range(s, r + 1):
+        if (code[q] >> 5) != 0 and i64p(PF)[(code[q] >> 5) * 4 + 1 * 2 + 1] == 0:
+            return -(r + 2)
     GA = np.zeros(r - s + 1, np.int64)
     GB = np.zeros(r - s + 1, np.int64)
     par = True
@@ -981,11 +1930,42 @@ def bwd_run_f64(T, F, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  
         if (code[q] >> 2) & 3:
             par = False
     if par:
-        _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+        _bwd_tiles_par_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r], PF)
     else:
-        _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r])
+        _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r, s, n[r], PF)
     return s - 1
 
+
+
+@njit(**NJIT_INNER)
+def _fwd_typed_f64(op, bc, po, pa, pb, n, m, c, PF):  # pragma: no cover
+    """Record op on n elements at addresses po/pa/pb: an elementwise one through its op function
+    (Note [op functions]), a full reduction (m input elements) here."""
+    if op <= 30:
+        call_fwd(i64p(PF)[op * 4 + 1 * 2], pa, pb, po, n, 1 - (bc & 1), 1 - ((bc >> 1) & 1), c)
+    else:
+        o = carray(f64p(po), 1)
+        x = carray(f64p(pa), m)
+        acc = 0.0
+        for t0 in range(0, m, TILE):     # tile by tile, as fused_*: both give the same bits
+            p = 0.0
+            for i in range(t0, min(t0 + TILE, m)):
+                p += x[i]
+            acc += p
+        o[0] = acc / m if (op == MEAN and m > 0) else (acc if op == SUM else np.nan)
+
+
+@njit(**NJIT_INNER)
+def _bwd_typed_f64(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c, PF):  # pragma: no cover
+    if op <= 30:
+        call_bwd(i64p(PF)[op * 4 + 1 * 2 + 1], pa, pb, po, pg, pga, pgb, n, 1 - (bc & 1),
+                 1 - ((bc >> 1) & 1), 1 if wa else 0, 1 if wb else 0, c)
+    else:
+        g = carray(f64p(pg), 1)
+        gx = carray(f64p(pga), m)
+        v = g[0] / m if op == MEAN else g[0]
+        for i in range(m):
+            gx[i] += v
 
 
 # Native escape records (Note [native records] in ops/pyops.py): E[d] kind, E[d + 1] the
@@ -1138,7 +2118,7 @@ def _tile_at_f64(j, addr, bcast, rows, om, out, sp, off):  # pragma: no cover
 
 
 @njit(**NJIT_PARALLEL)
-def fused_f64(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, total, nthreads):  # pragma: no cover
+def fused_f64(T, F, FT, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, total, nthreads):  # pragma: no cover
     """Forward and backward of a pending run of elementwise records `rows` (physical
     indices) that ends in a full sum or mean `root` of run row jr, tile by tile, chunks of
     tiles in parallel. Outputs with om[q] == 0 (dead, and read by no later pass) and every
@@ -1150,6 +2130,7 @@ def fused_f64(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
     makes the function uncacheable). The same arithmetic, in the same order per element,
     as forward_f64 then backward_f64: the same bits."""
     code, out, a, b, c = T[:, 0], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
+    PF = addr_of(FT)
     k = rows.shape[0]
     nt = (total + TILE - 1) // TILE
     nc = min(nt, 4 * nthreads)   # chunks of tiles; each allocates its scratch once
@@ -1175,7 +2156,7 @@ def fused_f64(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
                 po = _tile_at_f64(q, 0, 0, rows, om, out, sp, off)   # its own output's tile
                 xa = _tile_at_f64(ia[q], a[r], bc & 1, rows, om, out, sp, off)
                 xb = _tile_at_f64(ib[q], b[r], bc & 2, rows, om, out, sp, off)
-                _fwd_typed(code[r] >> 5, bc, f64p(po), f64p(xa), f64p(xb), m, b[r], c[r])
+                _fwd_typed_f64(code[r] >> 5, bc, po, xa, xb, m, b[r], c[r], PF)
             x = carray(f64p(_tile_at_f64(jr, 0, 0, rows, om, out, sp, off)), m)
             p = 0.0
             for i in range(m):
@@ -1193,8 +2174,8 @@ def fused_f64(T, F, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr, root, groot, t
                 xb = _tile_at_f64(ib[q], b[r], bc & 2, rows, om, out, sp, off)
                 ga = gp + gja[q] * TILE * 8 if gja[q] >= 0 else (gla[q] + off if gla[q] != 0 else 0)
                 gb = gp + gjb[q] * TILE * 8 if gjb[q] >= 0 else (glb[q] + off if glb[q] != 0 else 0)
-                _bwd_typed(code[r] >> 5, bc, f64p(po), f64p(xa), f64p(xb), f64p(gp + q * TILE * 8),
-                           f64p(ga), f64p(gb), ga != 0, gb != 0, m, b[r], c[r])
+                _bwd_typed_f64(code[r] >> 5, bc, po, xa, xb, gp + q * TILE * 8, ga, gb, ga != 0, gb != 0,
+                                   m, b[r], c[r], PF)
     acc = 0.0
     for t in range(nt):
         acc += part[t]

@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import config
 from ..kernels import lifetime as _lifetime
+from ..kernels import opfn as _opfn
 from ..kernels import replay_cpu as R
 from ..ops.table import BY_OPCODE, OPS, PY
 from ..storage import ARENA, byte_span, view
@@ -320,17 +321,25 @@ class Tape:
         lo = self.flushed - self.base
         end = hi - self.base
         try:
+            FT = _opfn.FT
             while lo < end:
                 f64 = (T[lo, 0] & 3) == 1
-                i = (R.forward_f64 if f64 else R.forward_f32)(T, C, self.edges_np(), lo, end)
-                if i < 0:
+                i = (R.forward_f64 if f64 else R.forward_f32)(T, C, self.edges_np(), FT, lo, end)
+                if i == -1:
                     break
+                if i < -1:           # an op function not compiled yet (Note [op functions]): from there on
+                    lo = -i - 2
+                    _opfn.ensure_rows(T[lo:end, 0])
+                    continue
                 k = T[i, 0]
                 if (k >> 5) == PY and T[i, 4] == 0:    # (native records run in the kernel of their dtype)
                     self.py[i + self.base].fwd()
                     lo = i + 1
                 elif ((k & 3) == 1) == f64:   # a run of large elementwise records, in tiles
-                    lo = (R.fwd_run_f64 if f64 else R.fwd_run_f32)(T, C, i, end)
+                    lo = (R.fwd_run_f64 if f64 else R.fwd_run_f32)(T, C, FT, i, end)
+                    if lo < -1:
+                        lo = -lo - 2
+                        _opfn.ensure_rows(T[lo:end, 0])
                 else:
                     lo = i           # a record of the other dtype: switch entry point
         finally:
@@ -803,7 +812,8 @@ class Tape:
         sd[...] += np.asarray(seed)        # as the unfused pass seeds its zeroed scratch
         T, C = self.cols()
         try:
-            (R.fused_f64 if dt == 1 else R.fused_f32)(T, C, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr,
+            _opfn.ensure_rows(T[rows, 0])
+            (R.fused_f64 if dt == 1 else R.fused_f32)(T, C, _opfn.FT, rows, om, ia, ib, gja, gjb, gla, glb, zl, jr,
                                                       root - base, sd.ctypes.data, N, numba.get_num_threads())
             for s in slots:
                 self.leaf_state[s] = 1
@@ -874,16 +884,25 @@ class Tape:
             T, C = self.cols()
             E = self.edges_np()
             la, ls, ln = self._leaf_tables(P)
+            FT = _opfn.FT
             try:
                 f64 = (T[hi, 0] & 3) == 1
-                i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, P.gaddr, la, ls, ln, self.base, hi, lo)
+                i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, FT, P.gaddr, la, ls, ln, self.base, hi, lo)
                 while i >= 0 and (T[i, 0] >> 5) != PY and ((T[i, 0] & 3) == 1) == f64:
                     # a run of large elementwise records, in tiles; then on from the record before it
-                    i = (R.bwd_run_f64 if f64 else R.bwd_run_f32)(T, C, P.gaddr, la, ls, ln, self.base, i, lo)
-                    i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, P.gaddr, la, ls, ln, self.base, i, lo)
+                    i = (R.bwd_run_f64 if f64 else R.bwd_run_f32)(T, C, FT, P.gaddr, la, ls, ln, self.base, i, lo)
+                    if i < -1:
+                        break
+                    i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, FT, P.gaddr, la, ls, ln, self.base, i,
+                                                                    lo)
                 py = i >= 0 and (T[i, 0] >> 5) == PY and T[i, 4] == 0   # (a native one: the other dtype)
+                if i < -1:           # an op function not compiled yet (Note [op functions]): from there on
+                    _opfn.ensure_rows(T[lo:-i - 1, 0])
             finally:
                 del T, C, E, la, ls, ln
+            if i < -1:
+                hi = -i - 2
+                continue
             if i < 0:
                 return
             if py:

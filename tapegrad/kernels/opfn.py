@@ -1,0 +1,40 @@
+"""The op functions' table (gen_cpu.py's Note [op functions]).
+
+``FT[op * 4 + dtype * 2 + direction]`` is the address of the compiled forward (direction 0)
+or backward (1) function of elementwise op `op` for float32 (dtype 0) or float64 (1), or 0
+while it has not been compiled in this process. The replay returns ``-(r + 2)`` when it meets
+record r whose function is 0; the tape then calls ``ensure_rows`` and resumes there. Each
+function is a ``numba.cfunc`` cached on disk (config.CFUNC): compiled once per machine, loaded from the
+cache after that (a few ms). Only the ops a program uses are compiled.
+"""
+import numba
+import numpy as np
+from numba import types
+
+from .. import config
+from . import replay_cpu as R
+
+FT = np.zeros(256, np.int64)
+_KEEP = {}          # table index -> the cfunc object (its code lives as long as it does)
+_SIG = (types.void(*([types.int64] * 6 + [types.float64])),
+        types.void(*([types.int64] * 11 + [types.float64])))
+
+
+def ensure(op, dt):
+    """Compile (or load) both functions of op for dtype dt (0 float32, 1 float64)."""
+    for d in (0, 1):
+        j = op * 4 + dt * 2 + d
+        if FT[j]:
+            continue
+        fn = numba.cfunc(_SIG[d], **config.CFUNC)(getattr(R, R.OPFN[op][dt * 2 + d]))
+        _KEEP[j] = fn
+        FT[j] = fn.address
+
+
+def ensure_rows(codes):
+    """Both functions of every elementwise op among the record codes `codes` (int64 array)."""
+    lo, hi = R.UNARY[0], R.BINARY[1]
+    ops = codes >> 5
+    sel = (ops >= lo) & (ops <= hi)
+    for key in np.unique(ops[sel] * 2 + (codes[sel] & 1)).tolist():
+        ensure(key >> 1, key & 1)
