@@ -85,7 +85,25 @@ def _check_native(tape, spans, i, out, d, code, gaddr):
             checks.append(("bias", E[d + 11], 1 + (n - 1) * E[d + 12]))
     if gaddr is not None and gaddr[i]:
         checks.append(("grad", int(gaddr[i]), checks[0][2]))
+    spans = sorted(spans + _held(tape.py.get(i + tape.base)))
     for what, addr, cnt in checks:
         if not _inside(spans, addr, cnt * isz):
             raise AssertionError(f"TAPEGRAD_DEBUG: record %{i + tape.base} (native {kind}) operand {what} at "
                                  f"{addr:#x} ({cnt} x {isz} bytes) is outside every live buffer")
+
+
+def _held(rec):
+    """Byte spans of the NumPy arrays an escape record's forward closure holds (its inputs and
+    output: they may lie outside the arena, as from_numpy's do, and the record keeps them)."""
+    import numpy as np
+    try:
+        from numpy.lib.array_utils import byte_bounds
+    except ImportError:       # NumPy < 2
+        byte_bounds = np.byte_bounds
+    out = []
+    for cell in (getattr(rec.fwd, "__closure__", None) or ()) if rec is not None else ():
+        v = cell.cell_contents
+        for a in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(a, np.ndarray):
+                out.append(byte_bounds(a))
+    return out
