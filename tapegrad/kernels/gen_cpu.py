@@ -89,7 +89,10 @@ def forward_{{suf}}(T, F, E, FT, lo, hi):  # pragma: no cover
         if op == 1:
             if b[r] == 0:
                 return r
-            _nat_fwd_{{suf}}(PE + 8 * b[r], out[r])
+            fn = i64p(PF)[4 + {{dt}} * 2]
+            if fn == 0:
+                return -(r + 2)
+            call_fwd(fn, PE + 8 * b[r], out[r], 0, 0, 0, 0, 0.0)
             r += 1
             continue
         if op <= {b_hi} and i64p(PF)[op * 4 + {{dt}} * 2] == 0:
@@ -179,7 +182,10 @@ def backward_{{suf}}(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, bas
         if op == 1:
             if b[r] == 0:
                 return r
-            _nat_bwd_{{suf}}(PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base)
+            fn = i64p(PF)[4 + {{dt}} * 2 + 1]
+            if fn == 0:
+                return -(r + 2)
+            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, 0, 0, 0.0)
             r -= 1
             continue
         if op <= {b_hi} and i64p(PF)[op * 4 + {{dt}} * 2 + 1] == 0:
@@ -277,8 +283,9 @@ def _rm_gemm_{{suf}}(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc): 
     gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
 
 
-@njit(**NJIT_INNER)
-def _nat_fwd_{{suf}}(pd, o):  # pragma: no cover
+def _nat_fwd_{{suf}}(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
+    """A native record's forward (an op function, in slot PY of the table: compiled the first
+    time a tape runs one; u*: unused, the table's forward signature)."""
     d = i64p(pd)
     kind = d[0]
     if kind == 3:
@@ -321,9 +328,9 @@ def _nat_fwd_{{suf}}(pd, o):  # pragma: no cover
         _rm_gemm_{{suf}}(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
 
 
-@njit(**NJIT_INNER)
-def _nat_bwd_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base):  # pragma: no cover
-    """pd: the descriptor's address, pp: the producer list's, gq: the record's gradient."""
+def _nat_bwd_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pragma: no cover
+    """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
+    record's gradient; u*: unused)."""
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]

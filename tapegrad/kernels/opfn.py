@@ -2,7 +2,8 @@
 
 ``FT[op * 4 + dtype * 2 + direction]`` is the address of the compiled forward (direction 0)
 or backward (1) function of elementwise op `op` for float32 (dtype 0) or float64 (1), or 0
-while it has not been compiled in this process. The replay returns ``-(r + 2)`` when it meets
+while it has not been compiled in this process; op 1 (the escape records' opcode) holds the
+native records' functions. The replay returns ``-(r + 2)`` when it meets
 record r whose function is 0; the tape then calls ``ensure_rows`` and resumes there. Each
 function is a ``numba.cfunc`` cached on disk (config.CFUNC): compiled once per machine, loaded from the
 cache after that (a few ms). Only the ops a program uses are compiled.
@@ -20,19 +21,27 @@ _SIG = (types.void(*([types.int64] * 6 + [types.float64])),
         types.void(*([types.int64] * 11 + [types.float64])))
 
 
+_NATIVE = ("_nat_fwd_f32", "_nat_bwd_f32", "_nat_fwd_f64", "_nat_bwd_f64")
+
+
 def ensure(op, dt):
-    """Compile (or load) both functions of op for dtype dt (0 float32, 1 float64)."""
+    """Compile (or load) both functions of op for dtype dt (0 float32, 1 float64); op 1 (the
+    escape records' opcode): the native records' (ops/pyops.py's Note [native records])."""
     for d in (0, 1):
         j = op * 4 + dt * 2 + d
         if FT[j]:
             continue
-        fn = numba.cfunc(_SIG[d], **config.CFUNC)(getattr(R, R.OPFN[op][dt * 2 + d]))
+        name = (_NATIVE if op == 1 else R.OPFN[op])[dt * 2 + d]
+        fn = numba.cfunc(_SIG[d], **config.CFUNC)(getattr(R, name))
         _KEEP[j] = fn
         FT[j] = fn.address
 
 
 def ensure_rows(codes):
-    """Both functions of every elementwise op among the record codes `codes` (int64 array)."""
+    """Both functions of every elementwise op among the record codes `codes` (int64 array), and
+    the native records' when the first is an escape record (the replay stopped at a native one)."""
+    if len(codes) and (codes[0] >> 5) == 1:
+        ensure(1, int(codes[0]) & 1)
     lo, hi = R.UNARY[0], R.BINARY[1]
     ops = codes >> 5
     sel = (ops >= lo) & (ops <= hi)

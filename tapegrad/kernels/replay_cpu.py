@@ -1361,7 +1361,10 @@ def forward_f32(T, F, E, FT, lo, hi):  # pragma: no cover
         if op == 1:
             if b[r] == 0:
                 return r
-            _nat_fwd_f32(PE + 8 * b[r], out[r])
+            fn = i64p(PF)[4 + 0 * 2]
+            if fn == 0:
+                return -(r + 2)
+            call_fwd(fn, PE + 8 * b[r], out[r], 0, 0, 0, 0, 0.0)
             r += 1
             continue
         if op <= 30 and i64p(PF)[op * 4 + 0 * 2] == 0:
@@ -1451,7 +1454,10 @@ def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
         if op == 1:
             if b[r] == 0:
                 return r
-            _nat_bwd_f32(PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base)
+            fn = i64p(PF)[4 + 0 * 2 + 1]
+            if fn == 0:
+                return -(r + 2)
+            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, 0, 0, 0.0)
             r -= 1
             continue
         if op <= 30 and i64p(PF)[op * 4 + 0 * 2 + 1] == 0:
@@ -1549,8 +1555,9 @@ def _rm_gemm_f32(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # p
     gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
 
 
-@njit(**NJIT_INNER)
-def _nat_fwd_f32(pd, o):  # pragma: no cover
+def _nat_fwd_f32(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
+    """A native record's forward (an op function, in slot PY of the table: compiled the first
+    time a tape runs one; u*: unused, the table's forward signature)."""
     d = i64p(pd)
     kind = d[0]
     if kind == 3:
@@ -1593,9 +1600,9 @@ def _nat_fwd_f32(pd, o):  # pragma: no cover
         _rm_gemm_f32(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
 
 
-@njit(**NJIT_INNER)
-def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base):  # pragma: no cover
-    """pd: the descriptor's address, pp: the producer list's, gq: the record's gradient."""
+def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pragma: no cover
+    """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
+    record's gradient; u*: unused)."""
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
@@ -1796,7 +1803,10 @@ def forward_f64(T, F, E, FT, lo, hi):  # pragma: no cover
         if op == 1:
             if b[r] == 0:
                 return r
-            _nat_fwd_f64(PE + 8 * b[r], out[r])
+            fn = i64p(PF)[4 + 1 * 2]
+            if fn == 0:
+                return -(r + 2)
+            call_fwd(fn, PE + 8 * b[r], out[r], 0, 0, 0, 0, 0.0)
             r += 1
             continue
         if op <= 30 and i64p(PF)[op * 4 + 1 * 2] == 0:
@@ -1886,7 +1896,10 @@ def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
         if op == 1:
             if b[r] == 0:
                 return r
-            _nat_bwd_f64(PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base)
+            fn = i64p(PF)[4 + 1 * 2 + 1]
+            if fn == 0:
+                return -(r + 2)
+            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, 0, 0, 0.0)
             r -= 1
             continue
         if op <= 30 and i64p(PF)[op * 4 + 1 * 2 + 1] == 0:
@@ -1984,8 +1997,9 @@ def _rm_gemm_f64(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # p
     gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
 
 
-@njit(**NJIT_INNER)
-def _nat_fwd_f64(pd, o):  # pragma: no cover
+def _nat_fwd_f64(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
+    """A native record's forward (an op function, in slot PY of the table: compiled the first
+    time a tape runs one; u*: unused, the table's forward signature)."""
     d = i64p(pd)
     kind = d[0]
     if kind == 3:
@@ -2028,9 +2042,9 @@ def _nat_fwd_f64(pd, o):  # pragma: no cover
         _rm_gemm_f64(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
 
 
-@njit(**NJIT_INNER)
-def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base):  # pragma: no cover
-    """pd: the descriptor's address, pp: the producer list's, gq: the record's gradient."""
+def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pragma: no cover
+    """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
+    record's gradient; u*: unused)."""
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]

@@ -897,7 +897,7 @@ class Tape:
                                                                     lo)
                 py = i >= 0 and (T[i, 0] >> 5) == PY and T[i, 4] == 0   # (a native one: the other dtype)
                 if i < -1:           # an op function not compiled yet (Note [op functions]): from there on
-                    _opfn.ensure_rows(T[lo:-i - 1, 0])
+                    _opfn.ensure_rows(T[lo:-i - 1, 0][::-1])   # (row -i - 2 first)
             finally:
                 del T, C, E, la, ls, ln
             if i < -1:
