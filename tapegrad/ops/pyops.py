@@ -17,6 +17,7 @@ from .. import _dtype as D
 from .. import config
 from ..autograd.grad_mode import _STATE as _GRAD
 from ..storage import byte_span
+from ..storage import view as _sview
 from ..tape.tape import ROW, TAPE
 from .table import BY_OPCODE, OPS, OpSpec
 
@@ -45,11 +46,20 @@ def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True, lin
     native: the record's descriptor for the jitted replay (Note [native records])."""
     T = _T()
     rg = grad and bwd is not None and _GRAD[0] and any(t._rg for t in ins)
-    ivs = [t._view_np() for t in ins]
-    ov = out._view_np()
+    vs = [(t._base, t._addr, t._shape, t._stride, t._dtype.np) for t in ins]
+    vo = (out._base, out._addr, out._shape, out._stride, out._dtype.np)
+    got = []
     prods = [T._producer(t) if (rg and t._rg) else -1 for t in ins]
 
+    def views():
+        # NOTE: the NumPy views are made when a closure first needs them: a native record's
+        # never run unless hooks, anomaly mode or create_graph ask (~3 us a record saved)
+        if not got:
+            got.append(([_sview(*v) for v in vs], _sview(*vo)))
+        return got[0]
+
     def f():
+        ivs, ov = views()
         r = fwd(*ivs) if not getattr(fwd, "writes_out", False) else fwd(ov, *ivs)
         if r is not None:
             np.copyto(ov, r, casting="unsafe")
@@ -58,9 +68,11 @@ def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True, lin
         needs = tuple(p != -1 for p in prods)   # skip gradients no input asks for (matmul's big ones)
 
         def b(g):
+            ivs, ov = views()
             return bwd(g, ov, *ivs, needs=needs)
     else:
         def b(g):
+            ivs, ov = views()
             return bwd(g, ov, *ivs)
 
     # raw (address, shape, strides, itemsize) of the inputs; byte spans are worked out only when
@@ -72,7 +84,7 @@ def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True, lin
                       native=native)
     if rg:
         rec = TAPE.py[r]
-        rec.ivs, rec.ov, rec.raw = ivs, ov, bwd
+        rec.views, rec.raw = views, bwd
         rec.lin = (lambda ts, o, iv: fwd(*ts)) if lin is True else lin
         out._rec = r
         out._rg = True

@@ -101,9 +101,16 @@ def _held(rec):
     except ImportError:       # NumPy < 2
         byte_bounds = np.byte_bounds
     out = []
-    for cell in (getattr(rec.fwd, "__closure__", None) or ()) if rec is not None else ():
+    if rec is None:
+        return out
+    arrays = []
+    for cell in getattr(rec.fwd, "__closure__", None) or ():
         v = cell.cell_contents
-        for a in (v if isinstance(v, (list, tuple)) else [v]):
-            if isinstance(a, np.ndarray):
-                out.append(byte_bounds(a))
+        if getattr(v, "__name__", "") == "views":          # ops/pyops.py's record(): its lazy views
+            ivs, ov = v()
+            v = list(ivs) + [ov]
+        arrays += list(v) if isinstance(v, (list, tuple)) else [v]
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            out.append(byte_bounds(a))
     return out

@@ -73,7 +73,8 @@ class PyRec:
     ``fwd(out_np, *in_np)`` fills the output; ``bwd(g_np, out_np, *in_np)``
     returns one gradient (or None) per input. ``ins`` are the input tensors
     (kept alive, as PyTorch keeps saved tensors)."""
-    __slots__ = ("spec", "fwd", "bwd", "ins", "out", "saves", "attrs", "spans", "ivs", "ov", "lin", "raw")
+    __slots__ = ("spec", "fwd", "bwd", "ins", "out", "saves", "attrs", "spans", "_ivs", "_ov", "views", "lin",
+                 "raw")
 
     def __init__(self, spec, fwd, bwd, ins, out, attrs=None, saves=True, spans=None):
         self.spec, self.fwd, self.bwd, self.ins, self.out = spec, fwd, bwd, ins, out
@@ -83,7 +84,28 @@ class PyRec:
         # for create_graph (autograd/_higher.py): the NumPy views of the inputs and the output, the raw
         # VJP (g, out, *ins), and `lin` for a record linear in its float inputs: True when its forward
         # is that linear map, else lin(tangents, out, ins) -> array
-        self.ivs = self.ov = self.lin = self.raw = None
+        self._ivs = self._ov = self.views = self.lin = self.raw = None
+
+    # the views are made on first use (views(): ops/pyops.py's record)
+    @property
+    def ivs(self):
+        if self._ivs is None and self.views is not None:
+            self._ivs, self._ov = self.views()
+        return self._ivs
+
+    @ivs.setter
+    def ivs(self, v):
+        self._ivs = v
+
+    @property
+    def ov(self):
+        if self._ov is None and self.views is not None:
+            self._ivs, self._ov = self.views()
+        return self._ov
+
+    @ov.setter
+    def ov(self, v):
+        self._ov = v
 
 
 class _Pass:
