@@ -126,3 +126,23 @@ def test_debug_mode_runs_a_graph(tmp_path):
     assert out.returncode == 0, out.stderr
     g = eval(out.stdout.strip())
     assert np.allclose(g, 2 * np.array([1.0, 2.0]) * np.cos(np.array([1.0, 4.0])), rtol=1e-5)
+
+
+def test_a_training_loop_keeps_few_escape_records():
+    """A backward sweeps first once 64 escape records are held (Tape.backward_many's NOTE): a
+    training loop's dead step graphs go while young, and the tape stays short."""
+    import gc
+    from tapegrad.tape import tape as tape_mod
+    model = torch.nn.Linear(10, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(100, 10), torch.randn(100, 1)
+    lens = []
+    for _ in range(300):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        lens.append(len(TAPE.py))
+    del loss
+    gc.collect()
+    assert max(lens[50:]) <= 2 * tape_mod._PY_SWEEP + 8, max(lens)
