@@ -308,6 +308,12 @@ def _nat_fwd_{{suf}}(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
         x = {{ptr}}(d[3])
         y = {{ptr}}(d[4])
         z = {{ptr}}(o)
+        if nd == 2:     # (ops/pyops.py's _coalesce makes most of them two-level loops)
+            s0, s1, a0, a1, b0, b1 = d[7], d[8], d[9], d[10], d[11], d[12]
+            for i in range(s0):
+                for j in range(s1):
+                    z[i * s1 + j] = x[i * a0 + j * a1] + al * y[i * b0 + j * b1]
+            return
         ox = _offsets(N, nd, pd + 56, pd + 56 + 8 * nd)
         oy = _offsets(N, nd, pd + 56, pd + 56 + 16 * nd)
         for i in range(N):
@@ -359,6 +365,12 @@ def _nat_bwd_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pr
             N, off, nd = d[2], d[3], d[4]
             X = {{ptr}}(gx + off * {{isz}})
             G = {{ptr}}(gq)
+            if nd == 2:
+                s0, s1, a0, a1 = d[5], d[6], d[7], d[8]
+                for i in range(s0):
+                    for j in range(s1):
+                        X[i * a0 + j * a1] += G[i * s1 + j]
+                return
             ox = _offsets(N, nd, pd + 40, pd + 40 + 8 * nd)
             for i in range(N):
                 X[ox[i]] += G[i]
@@ -369,18 +381,22 @@ def _nat_bwd_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pr
         if d[1] == 1:
             al = -al
         G = {{ptr}}(gq)
-        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
-        if gx != 0:
-            X = {{ptr}}(gx)
-            ox = _offsets(N, nd, pd + 56, pd + 56 + 8 * nd)
-            for i in range(N):
-                X[ox[i]] += G[i]
-        gy = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
-        if gy != 0:
-            Y = {{ptr}}(gy)
-            oy = _offsets(N, nd, pd + 56, pd + 56 + 16 * nd)
-            for i in range(N):
-                Y[oy[i]] += al * G[i]
+        for w in range(2):      # x's gradient (alpha 1), then y's
+            gw = _grad_addr(p[w], PG, PLA, PLS, PLN, base)
+            if gw == 0:
+                continue
+            X = {{ptr}}(gw)
+            f = {{ty}}(1.0) if w == 0 else al
+            ps = pd + 56 + 8 * nd * (w + 1)
+            if nd == 2:
+                s0, s1, a0, a1 = d[7], d[8], i64p(ps)[0], i64p(ps)[1]
+                for i in range(s0):
+                    for j in range(s1):
+                        X[i * a0 + j * a1] += f * G[i * s1 + j]
+            else:
+                ox = _offsets(N, nd, pd + 56, ps)
+                for i in range(N):
+                    X[ox[i]] += f * G[i]
         return
     m, k, n = d[2], d[3], d[4]
     if kind == 1:

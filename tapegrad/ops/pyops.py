@@ -222,8 +222,9 @@ def binary_py(name, x, y, c=1.0, scalar=False):
             return gx, gy
     nat = None
     if name in ("add", "sub") and x._contig and y._contig and _native_ok(out, [x, y]):
-        nat = [5, 1 if name == "sub" else 0, out._n, x._addr, y._addr, _F64BITS(float(c))[0], len(shape)]
-        nat += list(shape) + _grad_strides(x._shape, shape) + _grad_strides(y._shape, shape)
+        sh, (sx, sy) = _coalesce(shape, _grad_strides(x._shape, shape), _grad_strides(y._shape, shape))
+        nat = [5, 1 if name == "sub" else 0, out._n, x._addr, y._addr, _F64BITS(float(c))[0], len(sh)]
+        nat += sh + sx + sy
     return record(name, out, [x, y], fwd, bwd, attrs={"c": c}, native=nat)
 
 
@@ -872,13 +873,31 @@ def _view_native(out, x, vf, perm=None):
         return None
     if perm is not None:
         st = _T()._contig_strides(x._shape)
-        return [4, 0, out._n, 0, len(perm)] + [x._shape[i] for i in perm] + [st[i] for i in perm]
+        sh, (vs,) = _coalesce([x._shape[i] for i in perm], [st[i] for i in perm])
+        return [4, 0, out._n, 0, len(sh)] + sh + vs
     f = _fake(x._shape)
     v = vf(f)
     if v.shape != out._shape or not np.may_share_memory(v, f) or v.ndim > 16:
         return None
     off = v.__array_interface__["data"][0] - f.__array_interface__["data"][0]
-    return [4, 0, out._n, off, v.ndim] + list(v.shape) + list(v.strides)
+    sh, (vs,) = _coalesce(list(v.shape), list(v.strides))
+    return [4, 0, out._n, off, len(sh)] + sh + vs
+
+
+def _coalesce(shape, *strides):
+    """(shape, strides...) with size-1 dimensions dropped and neighbours merged where every
+    operand steps through them as one (the usual loop coalescing), padded to two dimensions:
+    the replay's strided loops take a two-level path for those (kernels/gen_cpu.py)."""
+    dims = [(d, [st[i] for st in strides]) for i, d in enumerate(shape) if d != 1]
+    out = []
+    for d, st in dims:
+        if out and all(p == q * d for p, q in zip(out[-1][1], st)):
+            out[-1] = (out[-1][0] * d, st)
+        else:
+            out.append((d, st))
+    while len(out) < 2:
+        out.insert(0, (1, [0] * len(strides)))
+    return [d for d, _ in out], [[st[k] for _, st in out] for k in range(len(strides))]
 
 
 def _gemm_fn(dt):
