@@ -86,26 +86,14 @@ class PyRec:
         # is that linear map, else lin(tangents, out, ins) -> array
         self._ivs = self._ov = self.views = self.lin = self.raw = None
 
-    # the views are made on first use (views(): ops/pyops.py's record)
-    @property
-    def ivs(self):
+    def _views_made(self):
+        """Make the views on first use (views(): ops/pyops.py's record); returns self."""
         if self._ivs is None and self.views is not None:
             self._ivs, self._ov = self.views()
-        return self._ivs
+        return self
 
-    @ivs.setter
-    def ivs(self, v):
-        self._ivs = v
-
-    @property
-    def ov(self):
-        if self._ov is None and self.views is not None:
-            self._ivs, self._ov = self.views()
-        return self._ov
-
-    @ov.setter
-    def ov(self, v):
-        self._ov = v
+    ivs = property(lambda self: self._views_made()._ivs, lambda self, v: setattr(self, "_ivs", v))
+    ov = property(lambda self: self._views_made()._ov, lambda self, v: setattr(self, "_ov", v))
 
 
 class _Pass:
