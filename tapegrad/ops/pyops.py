@@ -8,6 +8,7 @@ Views (transpose, permute, reshape of contiguous storage, expand, basic
 indexing, squeeze/unsqueeze) allocate nothing: the output shares the input's
 storage, and a record is appended only when the view takes part in autograd.
 """
+import math
 import numbers
 import struct
 
@@ -16,6 +17,7 @@ import numpy as np
 from .. import _dtype as D
 from .. import config
 from ..autograd.grad_mode import _STATE as _GRAD
+from ..kernels import blas as _blas
 from ..storage import byte_span
 from ..storage import view as _sview
 from ..tape.tape import ROW, TAPE
@@ -108,6 +110,8 @@ def sum_to(g, shape):
 
 
 def broadcast_shapes(a, b):
+    if a == b:
+        return a
     try:
         return np.broadcast_shapes(a, b)
     except ValueError:
@@ -901,8 +905,7 @@ def _coalesce(shape, *strides):
 
 
 def _gemm_fn(dt):
-    from ..kernels.blas import address
-    return address("f" if dt.itemsize == 4 else "d")
+    return _blas.address("f" if dt.itemsize == 4 else "d")
 
 
 def _mm_native(out, a, b, bias=None):
@@ -961,7 +964,7 @@ def mse_loss(x, t, reduction):
     dt = D.result_type(x, t)
     out = T._empty((), dt)
     xs, ts = x._shape, t._shape
-    n = int(np.prod(shape)) if shape else 1
+    n = math.prod(shape)
 
     def fwd(xv, tv):
         d = xv.astype(np.float64) - tv
