@@ -26,6 +26,7 @@ a backward that reaches records made before the step, reads of values the step d
 compute. Python state the step changes (a learning-rate scheduler stepped inside it, a
 Python counter) is not replayed: keep it outside the captured function.
 """
+import ctypes
 import warnings
 
 import numpy as np
@@ -237,10 +238,9 @@ class CapturedStep:
         """What must be equal for a program to replay: grad mode, the modules' train/eval state,
         the tensor arguments' shapes and dtypes, the other arguments' types and values (None: an
         argument that can't be a key, e.g. a list of tensors)."""
-        from .nn.module import MODE_EPOCH
-        from .tensor import Tensor
+        Tensor, _, MODE_EPOCH = _late()
         parts = [_GRAD[0], MODE_EPOCH[0]]
-        for a in list(args) + sorted(kwargs.items(), key=lambda kv: kv[0]):
+        for a in (list(args) + sorted(kwargs.items(), key=lambda kv: kv[0])) if kwargs else args:
             if isinstance(a, Tensor):
                 parts.append(("T", a._shape, a._dtype.name, a._rg))
             else:
@@ -252,7 +252,7 @@ class CapturedStep:
         return tuple(parts)
 
     def __call__(self, *args, **kwargs):
-        from .tensor import Tensor
+        Tensor = _late()[0]
         key = self._key(args, kwargs)
         if key is None:
             self._say("an argument is not hashable (a list of tensors?): pass tensors as positional arguments")
@@ -276,7 +276,9 @@ class CapturedStep:
             self.stats["eager"] += 1
             return self.fn(*args, **kwargs)
         self.stats["replayed"] += 1
-        outs = [_fresh(v, o._dtype) for v, o in zip(vals, prog.outputs)]
+        outs = [_fresh(v, o) for v, o in zip(vals, prog.outputs)]
+        if prog.result is prog.outputs[0] if len(outs) == 1 else False:
+            return outs[0]          # the step returned one tensor
         return _rebuild(prog.result, iter(outs))
 
     def _capture(self, key, args, kwargs):
@@ -335,11 +337,26 @@ class CapturedStep:
         return result
 
 
-def _fresh(values, dt):
-    """A new tensor holding a copy of `values`."""
-    from .tensor import _empty
-    t = _empty(values.shape, dt)
-    t._view_np()[...] = values
+def _late():
+    """(Tensor, _empty, MODE_EPOCH), imported on first use (they import this module's package)."""
+    if not _LATE:
+        from .nn.module import MODE_EPOCH
+        from .tensor import Tensor, _empty
+        _LATE.extend((Tensor, _empty, MODE_EPOCH))
+    return _LATE
+
+
+_LATE = []
+
+
+def _fresh(values, like):
+    """A new tensor holding a copy of `values`, the values of the program's output `like`
+    (contiguous: one memmove, no NumPy view of the new tensor)."""
+    t = _late()[1](values.shape, like._dtype)
+    if like._contig:
+        ctypes.memmove(t._addr, like._addr, like._n * like._dtype.itemsize)
+    else:
+        t._view_np()[...] = values
     return t
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from . import _dtype as D
 from . import config
 from ._format import format_tensor
+from . import autograd as _autograd   # (its own imports of this module are late)
 from .autograd.grad_mode import _STATE as _GRAD
 from .ops import pyops as P
 from .ops.table import OPS
@@ -430,8 +431,7 @@ class Tensor:
 
     # ----- autograd ------------------------------------------------------------
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
-        from .autograd import backward as _bw
-        _bw(self, gradient, retain_graph, create_graph, inputs)
+        _autograd.backward(self, gradient, retain_graph, create_graph, inputs)
 
     def detach(self):
         t = _wrap(self._base, self._addr, self._shape, self._stride, self._dtype)

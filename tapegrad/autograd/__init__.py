@@ -1,12 +1,24 @@
 """tapegrad.autograd: backward, grad, grad modes, the graph facade, Function, anomaly mode."""
 import numpy as np
 
+from ..tape.tape import TAPE
 from .anomaly_mode import detect_anomaly, set_detect_anomaly  # noqa: F401
 from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 
+_TENSOR = []
+
+
+def _tensor_cls():
+    """tapegrad.tensor.Tensor, imported on first use (tensor.py imports this package). NOTE: an
+    import statement inside a function costs ~0.8 us a call, and backward() made four."""
+    if not _TENSOR:
+        from ..tensor import Tensor
+        _TENSOR.append(Tensor)
+    return _TENSOR[0]
+
 
 def _seed(t, gradient, i=0):
-    from ..tensor import Tensor
+    Tensor = _tensor_cls()
     if gradient is None:
         if t._n != 1:
             raise RuntimeError("grad can be implicitly created only for scalar outputs")
@@ -38,7 +50,7 @@ class _LazySeed:
 
 
 def _as_list(x, what):
-    from ..tensor import Tensor
+    Tensor = _tensor_cls()
     if isinstance(x, Tensor):
         return [x]
     if x is None:
@@ -64,7 +76,6 @@ def _prepare(tensors, grad_tensors):
 def _run(tensors, seeds, inputs, retain_graph, create_graph):
     """Gradients of `tensors` (seeded) w.r.t. `inputs`: a list of NumPy arrays / Tensors (or None
     where an input was not reached). Leaves' .grad are not touched."""
-    from ..tape.tape import TAPE
     if create_graph:
         from ._higher import backward_graph
         return backward_graph(tensors, seeds, inputs)
@@ -97,7 +108,6 @@ def _run(tensors, seeds, inputs, retain_graph, create_graph):
 
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None, grad_variables=None):
     """Compute the gradient of `tensors` w.r.t. the graph leaves (torch.autograd.backward)."""
-    from ..tape.tape import TAPE
     if grad_variables is not None:
         grad_tensors = grad_variables
     if retain_graph is None:
@@ -138,7 +148,6 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
 
 def _accumulate_grad(x, g):
     """x.grad += g (torch's AccumulateGrad), g a NumPy array or a Tensor (create_graph)."""
-    from ..tape.tape import TAPE
     from ..tensor import Tensor
     if isinstance(g, Tensor):
         if x._rec >= 0:
