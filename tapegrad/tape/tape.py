@@ -636,7 +636,8 @@ class Tape:
         if total < 0:
             del T, C
             raise RuntimeError(SECOND_TIME)
-        idx = np.flatnonzero(need[low - base:]) + (low - base)
+        idx = np.nonzero(need[low - base:])[0]
+        idx += low - base
         try:
             if self.inplace_log:
                 self._check_versions(T, idx, base)
@@ -659,14 +660,15 @@ class Tape:
         self.flush()      # only now: a backward that raises above leaves the tape as it was
         P = _Pass()
         keep = self._scratch_keep
-        if keep is None or keep.nbytes < total + 64 or sys.getrefcount(keep) > 2:
+        # NOTE: references to a scratch no pass uses: _scratch_keep's tuple and the argument
+        if keep is None or keep[0].nbytes < total + 64 or sys.getrefcount(keep[0]) > 2:
             P.scratch = np.zeros(int(total) + 64, np.uint8)
+            P.saddr = P.scratch.ctypes.data
             if not self.busy:
-                self._scratch_keep = P.scratch
+                self._scratch_keep = (P.scratch, P.saddr)
         else:
-            P.scratch = keep
-            keep[:int(total) + 64] = 0
-        P.saddr = P.scratch.ctypes.data
+            P.scratch, P.saddr = keep
+            P.scratch[:int(total) + 64] = 0
         P.gaddr = np.zeros(self.n, np.int64)
         P.gaddr[idx] = P.saddr + need[idx] - 1
         if not (leaves or only or self.leaf_hooks or self.hooks or self.detect_anomaly):
