@@ -49,6 +49,7 @@ NCOL = 9                  # int64 columns of a row; column 8 holds the float att
 ROW = NCOL * 8
 ALIVE = 7 * 8             # byte offset of the alive flag in a row
 PACK = struct.Struct("<8qd").pack_into
+_Q = struct.Struct("<q")
 _NO_EDGES = np.zeros(1, np.int64)
 _NO_PINS = np.zeros(0, np.int64)
 SECOND_TIME = ("Trying to backward through the graph a second time (or directly access saved tensors after "
@@ -684,8 +685,12 @@ class Tape:
         self.busy += 1
         try:
             for r, seed in zip(roots, seeds):
-                v = self._grad_view(P, r - base, seed.shape, seed.dtype)
-                v[...] += np.asarray(seed)
+                seed = np.asarray(seed)
+                if seed.size == 1:      # loss.backward(): one element, without a view of its shape
+                    off = int(P.gaddr[r - base]) - P.saddr
+                    P.scratch[off:off + seed.itemsize].view(seed.dtype)[0] += seed.flat[0]
+                else:
+                    self._grad_view(P, r - base, seed.shape, seed.dtype)[...] += seed
             if config.DEBUG:
                 from .debug import check_addresses
                 T, _ = self.cols()
@@ -837,6 +842,14 @@ class Tape:
     def _free_saved(self, k):
         """Mark the records at physical indices k that saved values as freed (the consumed bit):
         a backward without retain_graph."""
+        if len(k) <= 16:        # a small graph: row by row beats five NumPy calls
+            buf, base, py = self.buf, self.base, self.py
+            for i in k.tolist():
+                c = _Q.unpack_from(buf, i * ROW)[0]
+                op = c >> 5
+                if (py[i + base].saves if op == PY else _HAS_SAVES[op]):
+                    _Q.pack_into(buf, i * ROW, c | 16)
+            return
         T, _ = self.cols()
         try:
             codes = T[k, 0]
