@@ -277,7 +277,7 @@ class CapturedStep:
             return self.fn(*args, **kwargs)
         self.stats["replayed"] += 1
         outs = [_fresh(v, o) for v, o in zip(vals, prog.outputs)]
-        if prog.result is prog.outputs[0] if len(outs) == 1 else False:
+        if len(outs) == 1 and prog.result is prog.outputs[0]:
             return outs[0]          # the step returned one tensor
         return _rebuild(prog.result, iter(outs))
 

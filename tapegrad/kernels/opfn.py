@@ -37,11 +37,12 @@ def ensure(op, dt):
         FT[j] = fn.address
 
 
-def ensure_rows(codes):
+def ensure_rows(codes, stopped=0):
     """Both functions of every elementwise op among the record codes `codes` (int64 array), and
-    the native records' when the first is an escape record (the replay stopped at a native one)."""
-    if len(codes) and (codes[0] >> 5) == 1:
-        ensure(1, int(codes[0]) & 1)
+    the native records' when `stopped`, the code of the record the replay stopped at, is an
+    escape record's (only a native one stops it for this)."""
+    if (stopped >> 5) == 1:
+        ensure(1, int(stopped) & 1)
     lo, hi = R.UNARY[0], R.BINARY[1]
     ops = codes >> 5
     sel = (ops >= lo) & (ops <= hi)

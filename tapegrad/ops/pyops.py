@@ -227,7 +227,7 @@ def binary_py(name, x, y, c=1.0, scalar=False):
     nat = None
     if name in ("add", "sub") and x._contig and y._contig and _native_ok(out, [x, y]):
         sh, (sx, sy) = _coalesce(shape, _grad_strides(x._shape, shape), _grad_strides(y._shape, shape))
-        nat = [5, 1 if name == "sub" else 0, out._n, x._addr, y._addr, _F64BITS(float(c))[0], len(sh)]
+        nat = [5, 1 if name == "sub" else 0, out._n, x._addr, y._addr, _f64_bits(c), len(sh)]
         nat += sh + sx + sy
     return record(name, out, [x, y], fwd, bwd, attrs={"c": c}, native=nat)
 
@@ -832,7 +832,8 @@ _I32 = 1 << 31
 
 def _gemm_strides(t):
     """(s0, s1) of a 2-D tensor that gemm can read (one unit stride, the other its leading
-    dimension), or None."""
+    dimension), or None. The free stride of a size-1 dimension is normalised the way the
+    replay's _cm_layout (kernels/gen_cpu.py) reads it: the two must agree."""
     (r, c), (s0, s1) = t._shape, t._stride
     if not (0 < r < _I32 and 0 < c < _I32 and 0 <= s0 < _I32 and 0 <= s1 < _I32):
         return None
@@ -853,7 +854,9 @@ def _native_ok(out, ins):
     return all(t._dtype is out._dtype and t._n > 0 for t in ins)
 
 
-_F64BITS = (lambda f, _p=struct.Struct("<d").pack, _u=struct.Struct("<q").unpack: _u(_p(f)))
+def _f64_bits(c):
+    """A float's bits as an int64 (a descriptor holds only int64s; the kernel reads them back as a double)."""
+    return int(np.float64(c).view(np.int64))
 
 
 def _fake(shape):

@@ -1,6 +1,6 @@
 """TAPEGRAD_DEBUG=1: check every address of a tape range against live buffers
 before a jitted call (DESIGN invariant 4: raw addresses skip bounds checks)."""
-from ..storage import ARENA, base_address
+from ..storage import ARENA, base_address, byte_span
 
 
 def _live_spans(tape, extra=()):
@@ -56,11 +56,6 @@ def check_addresses(tape, T, lo, hi, gaddr=None, extra=()):
     return True
 
 
-def _span(shape, strides):
-    """Elements from a strided operand's first to its last, inclusive."""
-    return 1 + sum((d - 1) * s for d, s in zip(shape, strides))
-
-
 def _check_native(tape, spans, i, out, d, code, gaddr):
     """A native escape record's operands (its descriptor in ``edges``, kernels/gen_cpu.py)."""
     E = tape.edges
@@ -74,15 +69,15 @@ def _check_native(tape, spans, i, out, d, code, gaddr):
     elif kind == 5:
         N, nd = E[d + 2], E[d + 6]
         shape = E[d + 7:d + 7 + nd]
-        checks = [("out", out, N), ("x", E[d + 3], _span(shape, E[d + 7 + nd:d + 7 + 2 * nd])),
-                  ("y", E[d + 4], _span(shape, E[d + 7 + 2 * nd:d + 7 + 3 * nd]))]
+        checks = [("out", out, N), ("x", E[d + 3], byte_span(shape, E[d + 7 + nd:d + 7 + 2 * nd], 1)),
+                  ("y", E[d + 4], byte_span(shape, E[d + 7 + 2 * nd:d + 7 + 3 * nd], 1))]
     else:
         m, k, n = E[d + 2], E[d + 3], E[d + 4]
         bshape = (n, k) if kind == 1 else (k, n)
-        checks = [("out", out, m * n), ("a", E[d + 5], _span((m, k), (E[d + 6], E[d + 7]))),
-                  ("b", E[d + 8], _span(bshape, (E[d + 9], E[d + 10])))]
+        checks = [("out", out, m * n), ("a", E[d + 5], byte_span((m, k), (E[d + 6], E[d + 7]), 1)),
+                  ("b", E[d + 8], byte_span(bshape, (E[d + 9], E[d + 10]), 1))]   # (elements: itemsize 1)
         if kind == 1:
-            checks.append(("bias", E[d + 11], 1 + (n - 1) * E[d + 12]))
+            checks.append(("bias", E[d + 11], byte_span((n,), (E[d + 12],), 1)))
     if gaddr is not None and gaddr[i]:
         checks.append(("grad", int(gaddr[i]), checks[0][2]))
     spans = sorted(spans + _held(tape.py.get(i + tape.base)))

@@ -340,7 +340,7 @@ class Tape:
                     break
                 if i < -1:           # an op function not compiled yet (Note [op functions]): from there on
                     lo = -i - 2
-                    _opfn.ensure_rows(T[lo:end, 0])
+                    _opfn.ensure_rows(T[lo:end, 0], T[lo, 0])
                     continue
                 k = T[i, 0]
                 if (k >> 5) == PY and T[i, 4] == 0:    # (native records run in the kernel of their dtype)
@@ -922,7 +922,7 @@ class Tape:
                                                                     lo)
                 py = i >= 0 and (T[i, 0] >> 5) == PY and T[i, 4] == 0   # (a native one: the other dtype)
                 if i < -1:           # an op function not compiled yet (Note [op functions]): from there on
-                    _opfn.ensure_rows(T[lo:-i - 1, 0][::-1])   # (row -i - 2 first)
+                    _opfn.ensure_rows(T[lo:-i - 1, 0], T[-i - 2, 0])
             finally:
                 del T, C, E, la, ls, ln
             if i < -1:
