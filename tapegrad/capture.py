@@ -34,6 +34,7 @@ import numpy as np
 from . import random as _random
 from .autograd.grad_mode import _STATE as _GRAD
 from .storage import ARENA
+from .kernels import opfn as _opfn
 from .tape.tape import ROW, TAPE, Tape
 
 __all__ = ["capture", "CapturedStep"]
@@ -128,6 +129,7 @@ class _Program:
                        for k, at, p in log.events if k != "read"]
         if _outside_producers(t, r0):
             log.no("its backward reaches records made before the step")
+        self.one = _OneCall.build(self) if log.refuse is None else None
 
     def run(self, args_np):
         """Replay; returns the outputs' values, or None when a value the step read has changed
@@ -173,6 +175,184 @@ class _Program:
         """A leaf the step uses got a hook after the capture."""
         hooks = TAPE.leaf_hooks
         return bool(hooks) and any(hooks.get(s) for s in self.slots)
+
+
+# Note [one call a step]: a program whose rows are all jitted or native records (no escape
+# record Python runs, no large elementwise run, which goes tile by tile in parallel), that
+# reads no value and whose optimizers have kernels run_step knows, replays as a list of
+# actions: each "call" event (zero_grad, grad = None) stays a Python call; everything between
+# two of them -- the argument copies, forward rows, the planned backward and the optimizer
+# update -- is one kernels.step.run_step call, in the order the step did them. The same
+# kernels run on the same rows as in _Program.run, so results are the same bits; what goes is
+# the Python between the kernels (W5a captured: 21 -> ~9 us, bench/results). Arguments that
+# are not contiguous, TAPEGRAD_DEBUG (it checks addresses before each kernel) and a grad
+# handed out take _Program.run instead.
+
+class _OneCall:
+    """A program's replay as few jitted calls (Note [one call a step])."""
+
+    @classmethod
+    def build(cls, prog):
+        from . import config
+        from .kernels import step as S
+        if config.DEBUG or prog.reads:
+            return None
+        t = prog.tape
+        T, _ = t.cols()
+        try:
+            ops = T[:, 0] >> 5
+            if ((ops == 1) & (T[:, 4] == 0)).any():
+                return None                       # an escape record: Python runs it
+            ew = (ops >= 2) & (ops <= 30)
+            if (ew & (T[:, 1] >= config.PARALLEL_THRESHOLD)).any():
+                return None                       # a tile run (parallel loops compile only when used)
+            for dt in set((T[ops == 1, 0] & 3).tolist()):
+                _opfn.ensure(1, dt)
+            _opfn.ensure_rows(T[:, 0])
+        finally:
+            del T, _
+        acts, cur, at = [], None, prog.r0
+
+        def need(phase):
+            """The kernel action to add `phase` (0 forward, 1 backward, 2 update) to: a new one
+            when the current one has done that phase or a later one."""
+            nonlocal cur
+            if cur is None or cur["last"] >= phase:
+                cur = {"last": -1, "lo": 0, "hi": 0, "bwd": None, "opt": None}
+                acts.append(cur)
+            cur["last"] = phase
+            return cur
+
+        def forward(hi):
+            nonlocal at
+            if hi > at:
+                a = need(0)
+                a["lo"], a["hi"] = at - t.base, hi - t.base
+                at = hi
+
+        for kind, pos, payload in prog.events:
+            forward(pos)
+            if kind == "backward":
+                roots, seeds, plan = payload
+                rs, vals = [], []
+                for r, sd in zip(roots, seeds):
+                    sd = np.asarray(sd)
+                    if sd.dtype.kind != "f":
+                        return None
+                    rs.append((r - t.base, sd.size, sd.dtype == np.float64))
+                    vals.append(sd.astype(np.float64).ravel())
+                need(1)["bwd"] = (plan, max(roots) - t.base, np.array(rs, np.int64).reshape(-1, 3),
+                                  np.concatenate(vals))
+            elif kind == "update":
+                opt = getattr(payload, "__self__", None)
+                name = getattr(opt, "_kernel", None)
+                if name not in S.KERNELS[1:]:
+                    return None
+                need(2)["opt"] = (opt, S.KERNELS.index(name))
+            else:                       # "call": zero_grad, grad = None (Python)
+                acts.append(payload)
+                cur = None
+        forward(prog.r1)
+        if not any(isinstance(a, dict) for a in acts):
+            acts.append({"last": 0, "lo": 0, "hi": 0, "bwd": None, "opt": None})   # the copies only
+        self = cls()
+        self.tape, self.S, self.outs = t, S, prog.outputs
+        self.ft = None
+        first = next(i for i, a in enumerate(acts) if isinstance(a, dict))
+        self.acts = [self._kernel_args(a, prog.inputs if i == first else ()) if isinstance(a, dict) else a
+                     for i, a in enumerate(acts)]
+        self.kerns = [a for a in self.acts if isinstance(a, _Kern)]
+        self.src = self.acts[first].src
+        return self
+
+    def _kernel_args(self, a, inputs):
+        """One run_step call: its argument vector, with every slot that does not change between
+        calls filled in (the copies' sources, the arguments' addresses, are set at each call)."""
+        S = self.S
+        k = _Kern()
+        A = k.A = np.zeros(S.NSLOT, np.int64)
+        keep = k.keep = []
+
+        def put(slot, arr, n):
+            keep.append(arr)
+            A[slot], A[slot + 1] = arr.ctypes.data, n
+
+        T, _ = self.tape.frozen
+        keep.append(T)
+        A[S.T_ADDR], A[S.T_ROWS], A[S.T_COLS] = T.ctypes.data, T.shape[0], T.shape[1]
+        A[S.BASE] = self.tape.base
+        cp = np.zeros((max(len(inputs), 1), 3), np.int64)      # (a row more: a memoryview needs one)
+        for j, (_, view) in enumerate(inputs):
+            cp[j] = view.ctypes.data, 0, view.nbytes
+        put(S.CP_ADDR, cp, len(inputs))
+        k.src = memoryview(cp).cast("B").cast("q")   # k.src[3 * j + 1]: argument j's address
+        A[S.LO], A[S.HI], A[S.BHI] = a["lo"], a["hi"], -1
+        if a["bwd"] is not None:
+            plan, A[S.BHI], RS, seeds = a["bwd"]
+            put(S.G_ADDR, plan.gaddr, len(plan.gaddr))
+            put(S.SC_ADDR, plan.scratch, len(plan.scratch))
+            put(S.RS_ADDR, RS, len(RS))
+            put(S.S_ADDR, seeds, len(seeds))
+        k.opt, A[S.KIND] = a["opt"] if a["opt"] is not None else (None, 0)
+        k.rows = k.H = None
+        k.mv = memoryview(A).cast("B").cast("q")
+        return k
+
+    def ready(self, args):
+        """Whether this call can take the one-call path."""
+        for a in args:
+            if getattr(a, "_contig", True) is False:
+                return False
+        return True
+
+    def run(self, args):
+        """Replay with the given arguments (checked by ready()); returns the outputs' copies."""
+        Tensor = _late()[0]
+        if TAPE.flushed < TAPE.next_index:
+            TAPE.flush()          # the arguments' values, parameters a pending record writes
+        src, j = self.src, 1
+        for a in args:
+            if isinstance(a, Tensor):
+                src[j] = a._addr
+                j += 3
+        t, S = self.tape, self.S
+        if _opfn.FT is not self.ft:
+            self.ft = _opfn.FT
+            for k in self.kerns:
+                k.A[S.FT_ADDR], k.A[S.FT_LEN] = self.ft.ctypes.data, len(self.ft)
+        run = S.run_step
+        for act in self.acts:
+            if act.__class__ is not _Kern:
+                act()               # zero_grad, grad = None
+                continue
+            mv = act.mv
+            opt = act.opt
+            if opt is not None:
+                c = opt._prepare()
+                if c is not act.rows or c.H is not act.H:
+                    act.rows, act.H = c, c.H
+                    mv[S.P_ADDR], mv[S.P_ROWS] = c.P.ctypes.data, c.P.shape[0]
+                    mv[S.H_ADDR], mv[S.H_ROWS], mv[S.H_COLS] = c.H.ctypes.data, c.H.shape[0], c.H.shape[1]
+                    mv[S.U_ADDR], mv[S.U_LEN] = c.upd.ctypes.data, len(c.upd)
+            # the tape's tables can grow between calls: their addresses, each time (no array views)
+            mv[S.LA], mv[S.NLEAF] = t.leaf_addr.buffer_info()
+            mv[S.LS] = t.leaf_state.buffer_info()[0]
+            mv[S.LN] = t.leaf_nbytes.buffer_info()[0]
+            mv[S.E_ADDR], mv[S.E_LEN] = t.edges.buffer_info()
+            st, done, new = run(act.A)
+            if st != -1:
+                raise RuntimeError(f"tapegrad.capture: internal error: the one-call replay stopped at row "
+                                   f"{-st - 2} (Note [one call a step])")
+            if opt is not None:
+                opt._finish(c, done, new)
+        return [_fresh(None, o) for o in self.outs]
+
+
+class _Kern:
+    """One run_step call of a _OneCall: its argument vector A (and a memoryview of it, mv, for
+    cheap writes), the arrays A points into (keep), the optimizer whose update it runs and the
+    rows (and hyperparameters) A holds for it, the copies' sources (src)."""
+    __slots__ = ("A", "mv", "keep", "opt", "rows", "H", "src")
 
 
 def _producer_index(t, addr):
@@ -268,6 +448,13 @@ class CapturedStep:
                 self.stats["eager"] += 1
                 return self.fn(*args, **kwargs)
             return self._capture(key, args, kwargs)
+        one = prog.one
+        if one is not None and one.ready(args):
+            outs = one.run(args)
+            self.stats["replayed"] += 1
+            if len(outs) == 1 and prog.result is prog.outputs[0]:
+                return outs[0]
+            return _rebuild(prog.result, iter(outs))
         vals = prog.run([a._values() for a in args if isinstance(a, Tensor)])
         if vals is None:
             self._say("a value the step read during capture (item(), bool(), tolist()) changed")
@@ -352,11 +539,11 @@ _LATE = []
 def _fresh(values, like):
     """A new tensor holding a copy of `values`, the values of the program's output `like`
     (contiguous: one memmove, no NumPy view of the new tensor)."""
-    t = _late()[1](values.shape, like._dtype)
+    t = _late()[1](like._shape, like._dtype)
     if like._contig:
         ctypes.memmove(t._addr, like._addr, like._n * like._dtype.itemsize)
     else:
-        t._view_np()[...] = values
+        t._view_np()[...] = like._view_np() if values is None else values
     return t
 
 

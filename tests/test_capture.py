@@ -400,6 +400,95 @@ def test_lr_scheduler_outside_the_step_is_seen_by_the_replay():
     assert step.stats["replayed"] == 7
 
 
+# ----- 1b. the one-call replay (capture.py's Note [one call a step]) ---------------------------
+
+def _program(step):
+    progs = [p for k, p in step.programs.items() if k[0] != "refused"]
+    assert len(progs) == 1
+    return progs[0]
+
+
+ONE_CALL = {
+    "article001": (build_001, batches_xy(9, (8, 10), (8, 1), seed=40)),
+    "article003": (build_003, batches_xy(9, (4, 10), (4, 1), seed=41)),
+    "mlp_adam": (_mlp(torch.optim.Adam, nn.MSELoss(), 2, lr=1e-2), batches_xy(9, (8, 6), (8, 2), seed=42)),
+    "mlp_adamw": (_mlp(torch.optim.AdamW, nn.MSELoss(), 2, lr=1e-2, weight_decay=0.1),
+                  batches_xy(9, (8, 6), (8, 2), seed=43)),
+    "mlp_sgd_nesterov": (_mlp(torch.optim.SGD, nn.MSELoss(), 2, lr=0.05, momentum=0.9, nesterov=True),
+                         batches_xy(9, (8, 6), (8, 2), seed=44)),
+    "mlp_rmsprop": (_mlp(torch.optim.RMSprop, nn.MSELoss(), 2, lr=1e-2, momentum=0.5),
+                    batches_xy(9, (8, 6), (8, 2), seed=45)),
+    "rnn": (build_rnn, batches_xy(9, (20, 3, 4), (3, 1), seed=46)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_CALL))
+def test_one_call_replay_is_taken_and_bit_identical(name):
+    """These steps (native and jitted records only, a known optimizer) replay as run_step calls:
+    bit-identical to eager after every call, and to the Python-driven replay of the same program."""
+    build, data = ONE_CALL[name]
+    a, b = twins(build)
+    torch.manual_seed(0)
+    c = build()                       # replays the same program through _Program.run
+    step_b, step_c = torch.capture(b.step), torch.capture(c.step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i, args in enumerate(data):
+            ra, rb, rc = a.step(*tensors(args)), step_b(*tensors(args)), step_c(*tensors(args))
+            if i == 0:
+                assert _program(step_b).one is not None
+                _program(step_c).one = None
+            assert_same(ra, rb, f"call {i}, one call")
+            assert_same(ra, rc, f"call {i}, Python-driven replay")
+    for st in (step_b, step_c):
+        assert st.stats == {"captured": 1, "replayed": len(data) - 1, "eager": 0}
+    assert_twins_same(a, b)
+    assert_twins_same(a, c)
+
+
+def test_one_call_replay_refused_where_python_must_run():
+    """An escape record without a native descriptor (cross_entropy) or a value read keep the
+    Python-driven replay."""
+    build = _mlp(torch.optim.Adam, nn.CrossEntropyLoss(), 4, lr=1e-2)
+    a, b, step = run_twins(build, batches_xy(4, (8, 6), (8,), classes=4, fixed_y=True))
+    assert _program(step).one is None
+    assert_twins_same(a, b)
+
+
+def test_one_call_replay_after_grads_handed_out_and_scheduler():
+    """Grads read between calls (zero_grad then renews the leaf buffers, which moves the leaf
+    table's addresses), a learning rate changed outside the step (new hyperparameters), and a
+    non-contiguous argument (the Python path for that call): all bit-identical to eager."""
+    def build():
+        tw = build_003()
+        tw.sched = torch.optim.lr_scheduler.StepLR(tw.opt, step_size=2, gamma=0.5)
+        return tw
+    a, b = twins(build)
+    step = torch.capture(b.step)
+    held, extra = [], []
+    for i, (x, y) in enumerate(batches_xy(10, (4, 10), (4, 1), seed=47)):
+        if i == 6:          # a transposed view: the same shape, not contiguous
+            xa, xb = torch.tensor(x.T.copy()).t(), torch.tensor(x.T.copy()).t()
+        else:
+            xa, xb = torch.tensor(x), torch.tensor(x)
+        assert_same(a.step(xa, torch.tensor(y)), step(xb, torch.tensor(y)), f"call {i}")
+        held.append([_np(p.grad) for p in b.params])
+        held_t = [p.grad for p in b.params]          # handed out: zero_grad must not overwrite them
+        assert_twins_same(a, b)
+        a.sched.step()
+        b.sched.step()
+        assert all(np.array_equal(_np(g), v) for g, v in zip(held_t, held[-1]))
+        if i == 3:          # new leaves with gradients: the leaf tables grow (and move)
+            n0, addr0 = len(TAPE.leaf_addr), TAPE.leaf_addr.buffer_info()[0]
+            for _ in range(4096):
+                z = torch.ones(2, requires_grad=True)
+                (z * 2).sum().backward()
+                extra.append(z)
+            assert len(TAPE.leaf_addr) > n0 and TAPE.leaf_addr.buffer_info()[0] != addr0
+    assert _program(step).one is not None
+    assert step.stats == {"captured": 1, "replayed": 9, "eager": 0}
+
+
 # ----- 2. guards ---------------------------------------------------------------------------
 
 def test_batch_shape_makes_a_second_program():

@@ -546,22 +546,33 @@ class Optimizer:
     def _update(self):
         if TAPE.capture is not None:
             TAPE.capture.add("update", self._update)
-        c = self._rows()
+        c = self._prepare()
         if TAPE.flushed < TAPE.next_index:
             # records still to run read the old parameter values, or write a gradient or a converted state
             TAPE.flush()
-        groups = self.param_groups
-        hyper = [self._hyper(g) for g in groups]
-        if hyper != c.hyper:
-            c.hyper = hyper
-            c.H = np.array(hyper, np.float64)
         la, ls = self._slot_table()
         try:
             done, new = getattr(K, self._kernel)(c.P, la, ls, c.H, c.upd)
         finally:
             del la, ls
+        self._finish(c, done, new)
+
+    def _prepare(self):
+        """The kernel rows, with this step's hyperparameters (what the update kernel takes besides
+        the gradient-slot table; a captured step calls the kernel itself, capture.py)."""
+        c = self._rows()
+        hyper = [self._hyper(g) for g in self.param_groups]
+        if hyper != c.hyper:
+            c.hyper = hyper
+            c.H = np.array(hyper, np.float64)
+        return c
+
+    def _finish(self, c, done, new):
+        """After the kernel updated `done` parameters (`new` of them initialised their state):
+        version counters, the in-place log, the state PyTorch would show."""
         if not done:
             return
+        groups = self.param_groups
         bumps = [self._bumps(g) for g in groups]
         b = bumps[0]
         if done == len(c.params) and bumps.count(b) == len(bumps):   # every row, the same count
