@@ -209,6 +209,7 @@ class _OneCall:
             for dt in set((T[ops == 1, 0] & 3).tolist()):
                 _opfn.ensure(1, dt)
             _opfn.ensure_rows(T[:, 0])
+            f64s = True if ((T[:, 0] & 3) == 1).any() else None
         finally:
             del T, _
         acts, cur, at = [], None, prog.r0
@@ -262,6 +263,9 @@ class _OneCall:
         self.acts = [self._kernel_args(a, prog.inputs if i == first else ()) if isinstance(a, dict) else a
                      for i, a in enumerate(acts)]
         self.kerns = [a for a in self.acts if isinstance(a, _Kern)]
+        kinds = {int(k.A[S.KIND]) for k in self.kerns}
+        # the entry point's flags (run_step's docstring): what it compiles in
+        self.flags = (f64s,) + tuple(True if i in kinds else None for i in (1, 2, 3))
         self.src = self.acts[first].src
         return self
 
@@ -339,10 +343,11 @@ class _OneCall:
             mv[S.LS] = t.leaf_state.buffer_info()[0]
             mv[S.LN] = t.leaf_nbytes.buffer_info()[0]
             mv[S.E_ADDR], mv[S.E_LEN] = t.edges.buffer_info()
-            st, done, new = run(act.A)
+            st, done, new = run(act.A, *self.flags)
             if st != -1:
-                raise RuntimeError(f"tapegrad.capture: internal error: the one-call replay stopped at row "
-                                   f"{-st - 2} (Note [one call a step])")
+                raise RuntimeError("tapegrad.capture: internal error: the one-call replay " +
+                                   (f"stopped at row {-st - 2}" if st < -1 else "has no kernel for the update") +
+                                   " (Note [one call a step])")
             if opt is not None:
                 opt._finish(c, done, new)
         return [_fresh(None, o) for o in self.outs]

@@ -419,7 +419,18 @@ ONE_CALL = {
     "mlp_rmsprop": (_mlp(torch.optim.RMSprop, nn.MSELoss(), 2, lr=1e-2, momentum=0.5),
                     batches_xy(9, (8, 6), (8, 2), seed=45)),
     "rnn": (build_rnn, batches_xy(9, (20, 3, 4), (3, 1), seed=46)),
+    "mlp_float64_adam": (lambda: _double(_mlp(torch.optim.Adam, nn.MSELoss(), 2, lr=1e-2)),
+                         [(x.astype(np.float64), y.astype(np.float64)) for x, y in batches_xy(9, (8, 6), (8, 2), seed=48)]),
 }
+
+
+def _double(build):
+    """build()'s twin in float64 (the one-call entry point with the float64 kernels)."""
+    tw = build()
+    with torch.no_grad():
+        for p in tw.params:
+            p.data = p.data.double()
+    return tw
 
 
 @pytest.mark.parametrize("name", sorted(ONE_CALL))

@@ -39,7 +39,7 @@ def _copy(dst, src, nbytes):  # pragma: no cover
 
 
 @njit(**NJIT)
-def run_step(A):  # pragma: no cover
+def run_step(A, f64s, sgd, adam, rmsprop):  # pragma: no cover
     """One captured step's kernels; A (int64, slots above) says where every array is, because
     each array argument costs a jitted call ~0.1 us to unbox (20 of them were half this call).
     Copies (CP: k rows of destination, source, bytes) first; then tape rows LO..HI-1 forward;
@@ -47,7 +47,12 @@ def run_step(A):  # pragma: no cover
     zeroed) from rows <= BHI, seeded with RS (k rows of: row, elements, float64?) and the float64
     values S one after the other; then optimizer kernel KERNELS[KIND] over (P, la, ls, H, upd).
     Returns (status, done, new): status -1 when every phase ran; below -1, -(row + 2) of the
-    row a phase could not run (nothing after that phase ran); (done, new) the kernel's."""
+    row a phase could not run (nothing after that phase ran); 1: KIND's flag is None (the
+    optimizer did not run); (done, new) the kernel's.
+    f64s, sgd, adam, rmsprop: None, or True when the program has float64 rows / runs that
+    optimizer. Numba prunes a branch on an argument that is None before typing, so the kernels of
+    a dtype or an optimizer the program does not use are not compiled into this entry point (on
+    a cold cache: ~7.5 s for all of them, bench/results note)."""
     T = carray(i64p(A[T_ADDR]), (A[T_ROWS], A[T_COLS]))
     F = carray(f64p(A[T_ADDR]), (A[T_ROWS], A[T_COLS]))
     E = carray(i64p(A[E_ADDR]), A[E_LEN])
@@ -62,10 +67,13 @@ def run_step(A):  # pragma: no cover
     r, hi = A[LO], A[HI]
     while r < hi:
         f64 = (T[r, 0] & 3) == 1
-        i = R.forward_f64(T, F, E, FT, r, hi) if f64 else R.forward_f32(T, F, E, FT, r, hi)
+        if f64s is None:
+            i = R.forward_f32(T, F, E, FT, r, hi)
+        else:
+            i = R.forward_f64(T, F, E, FT, r, hi) if f64 else R.forward_f32(T, F, E, FT, r, hi)
         if i == -1:
             break
-        if i < -1 or ((T[i, 0] & 3) == 1) == f64:
+        if i < -1 or f64s is None or ((T[i, 0] & 3) == 1) == f64:
             return (-(i + 2) if i >= 0 else i), 0, 0     # an escape record or a tile run: not ours
         r = i
     if A[BHI] >= 0:
@@ -87,13 +95,15 @@ def run_step(A):  # pragma: no cover
         r = A[BHI]
         while r >= 0:
             f64 = (T[r, 0] & 3) == 1
-            if f64:
+            if f64s is None:
+                i = R.backward_f32(T, F, E, FT, gaddr, la, ls, ln, base, r, 0)
+            elif f64:
                 i = R.backward_f64(T, F, E, FT, gaddr, la, ls, ln, base, r, 0)
             else:
                 i = R.backward_f32(T, F, E, FT, gaddr, la, ls, ln, base, r, 0)
             if i == -1:
                 break
-            if i < -1 or ((T[i, 0] & 3) == 1) == f64:
+            if i < -1 or f64s is None or ((T[i, 0] & 3) == 1) == f64:
                 return (-(i + 2) if i >= 0 else i), 0, 0
             r = i
     kind = A[KIND]
@@ -102,10 +112,12 @@ def run_step(A):  # pragma: no cover
     P = carray(i64p(A[P_ADDR]), (A[P_ROWS], K.NCOL))
     H = carray(f64p(A[H_ADDR]), (A[H_ROWS], A[H_COLS]))
     upd = carray(i8p(A[U_ADDR]), A[U_LEN])
-    if kind == 1:
+    if kind == 1 and sgd is not None:
         done, new = K.sgd_step(P, la, ls, H, upd)
-    elif kind == 2:
+    elif kind == 2 and adam is not None:
         done, new = K.adam_step(P, la, ls, H, upd)
-    else:
+    elif kind == 3 and rmsprop is not None:
         done, new = K.rmsprop_step(P, la, ls, H, upd)
+    else:
+        return 1, 0, 0      # an optimizer this entry was not compiled for
     return -1, done, new
