@@ -267,10 +267,31 @@ def held_node_keeps_its_graph():
         [("torch::autograd::AccumulateGrad", 0), (None, 0)]
 
 
+def edges_bounded_while_steps_live():
+    """Escape records' producer lists and descriptors (``TAPE.edges``) stay bounded over a
+    training loop that never lets the tape empty (the step being backpropagated is live at each
+    backward's sweep; _settle would hide it, so nothing settles here). Each step below records
+    escape records (matmuls, a broadcasting add)."""
+    X, Y, params = _mlp()
+    grew = []
+    for i in range(1200):
+        before = len(TAPE.edges)
+        loss = _step(X, Y, params)
+        if i == 0:
+            grew = len(TAPE.edges) - before
+        if i == 299:
+            mid = len(TAPE.edges)
+    end = len(TAPE.edges)
+    assert grew > 0, "the step records no escape record: the case tests nothing"
+    assert end <= max(2 * mid, mid + 64), f"edges grew from {mid} to {end} entries ({grew} a step)"
+    assert end <= 400 * grew, f"edges hold {end} entries: {end // grew} steps' worth"
+    del loss
+
+
 PASSING = ["training_loop_tape_and_memory_flat('none')", "training_loop_tape_and_memory_flat('zero_')",
            "no_grad_loop_never_reading_stays_flat()", "dropped_graph_is_freed()",
            "backwarded_and_retained_graphs_are_freed()", "leaf_slots_are_reused()", "tensors_outlive_the_tape()",
-           "held_node_keeps_its_graph()"]
+           "held_node_keeps_its_graph()", "edges_bounded_while_steps_live()"]
 
 
 def run_all(calls):

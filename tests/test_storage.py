@@ -417,6 +417,10 @@ def test_no_grad_loop_never_reading_stays_flat(lifetime_results):
     _check(lifetime_results, "no_grad_loop_never_reading_stays_flat()")
 
 
+def test_edges_bounded_while_steps_live(lifetime_results):
+    _check(lifetime_results, "edges_bounded_while_steps_live()")
+
+
 def test_dropped_graph_is_freed(lifetime_results):
     _check(lifetime_results, "dropped_graph_is_freed()")
 
