@@ -103,6 +103,7 @@ class _Program:
         self.hold = [e[0] for e in TAPE.keep.values() if e[2] + 4096 >= r0 and e[1] < r1]
         self.hold += [e[0] for e in TAPE.big.values() if any(r0 <= g < r1 for g in e[1])]
         self.hold.append(ARENA.slab)
+        t.keep = {id(b): [b, r0, r1] for b in self.hold}   # (what TAPEGRAD_DEBUG's address check reads)
         self.inputs = inputs            # the private tensors the step ran on, and their views
         self.outputs = outputs          # tensors the step returned (their storage is the program's)
         self.result = result
