@@ -19,8 +19,7 @@ from .. import config
 from ..autograd.grad_mode import _STATE as _GRAD
 from ..kernels import blas as _blas
 from ..storage import byte_span
-from ..storage import view as _sview
-from ..tape.tape import ROW, TAPE
+from ..tape.tape import ROW, TAPE, PyRec
 from .table import BY_OPCODE, OPS, OpSpec
 
 
@@ -47,51 +46,32 @@ def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True, lin
     lin(tangents, out_np, in_np) -> the map applied to tangents;
     native: the record's descriptor for the jitted replay (Note [native records])."""
     T = _T()
-    rg = grad and bwd is not None and _GRAD[0] and any(t._rg for t in ins)
-    vs = [(t._base, t._addr, t._shape, t._stride, t._dtype.np) for t in ins]
-    vo = (out._base, out._addr, out._shape, out._stride, out._dtype.np)
-    got = []
+    rg = False
+    if grad and bwd is not None and _GRAD[0]:
+        for t in ins:
+            if t._rg:
+                rg = True
+                break
     prods = [T._producer(t) if (rg and t._rg) else -1 for t in ins]
-
-    def views():
-        # NOTE: the NumPy views are made when a closure first needs them: a native record's
-        # never run unless hooks, anomaly mode or create_graph ask (~3 us a record saved)
-        if not got:
-            got.append(([_sview(*v) for v in vs], _sview(*vo)))
-        return got[0]
-
-    def f():
-        ivs, ov = views()
-        r = fwd(*ivs) if not getattr(fwd, "writes_out", False) else fwd(ov, *ivs)
-        if r is not None:
-            np.copyto(ov, r, casting="unsafe")
-
-    if getattr(bwd, "needs_aware", False):
-        needs = tuple(p != -1 for p in prods)   # skip gradients no input asks for (matmul's big ones)
-
-        def b(g):
-            ivs, ov = views()
-            return bwd(g, ov, *ivs, needs=needs)
-    else:
-        def b(g):
-            ivs, ov = views()
-            return bwd(g, ov, *ivs)
-
-    # raw (address, shape, strides, itemsize) of the inputs; byte spans are worked out only when
-    # a backward must check them against in-place writes (Tape._check_versions)
-    spans = [(t._addr, t._shape, t._stride, t._dtype.itemsize) for t in ins] if (rg and saves) else None
+    needs = tuple(p != -1 for p in prods) if getattr(bwd, "needs_aware", False) else None
+    # (skip gradients no input asks for: matmul's big ones)
     spec = OPS[name] if isinstance(name, str) else name
-    r = TAPE.pyrecord(spec, f, b, [(t._shape, t._dtype.np) for t in ins], (out._shape, out._dtype.np),
-                      out._n, out._dtype.code & 3, out._addr, prods, attrs, saves, grad=rg, spans=spans,
-                      native=native)
+    # spans (for the version check) are made from the operands when a backward first asks
+    rec = PyRec.numpy(spec, fwd, bwd, ins, out, attrs, saves, True if (rg and saves) else None,
+                      lin if rg else None, needs)
+    r = TAPE.pyrecord(spec, None, None, None, None, out._n, out._dtype.code & 3, out._addr, prods, attrs, saves,
+                      grad=rg, native=native, rec=rec)
     if rg:
-        rec = TAPE.py[r]
-        rec.views, rec.raw = views, bwd
-        rec.lin = (lambda ts, o, iv: fwd(*ts)) if lin is True else lin
         out._rec = r
         out._rg = True
-    if T.is_exposed(out) or any(T.is_exposed(t) for t in ins):
+    exposed = T.is_exposed
+    if exposed(out):
         TAPE.flush()
+    else:
+        for t in ins:
+            if exposed(t):
+                TAPE.flush()
+                break
     return out
 
 

@@ -88,8 +88,8 @@ def _check_native(tape, spans, i, out, d, code, gaddr):
 
 
 def _held(rec):
-    """Byte spans of the NumPy arrays an escape record's forward closure holds (its inputs and
-    output: they may lie outside the arena, as from_numpy's do, and the record keeps them)."""
+    """Byte spans of the NumPy arrays an escape record's forward reads and writes (its inputs
+    and output: they may lie outside the arena, as from_numpy's do, and the record keeps them)."""
     import numpy as np
     try:
         from numpy.lib.array_utils import byte_bounds
@@ -98,13 +98,7 @@ def _held(rec):
     out = []
     if rec is None:
         return out
-    arrays = []
-    for cell in getattr(rec.fwd, "__closure__", None) or ():
-        v = cell.cell_contents
-        if getattr(v, "__name__", "") == "views":          # ops/pyops.py's record(): its lazy views
-            ivs, ov = v()
-            v = list(ivs) + [ov]
-        arrays += list(v) if isinstance(v, (list, tuple)) else [v]
+    arrays = rec.held_arrays()
     for a in arrays:
         if isinstance(a, np.ndarray):
             out.append(byte_bounds(a))

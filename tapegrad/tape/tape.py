@@ -33,6 +33,7 @@ import sys
 import traceback
 import weakref
 from array import array
+from types import MappingProxyType
 
 import numba
 import numpy as np
@@ -71,30 +72,113 @@ _DEAD_REFS = 5            # references to a dead own buffer in _fusion_plan: poo
 class PyRec:
     """An escape record: forward and VJP in NumPy (ops/pyops.py).
 
-    ``fwd(out_np, *in_np)`` fills the output; ``bwd(g_np, out_np, *in_np)``
-    returns one gradient (or None) per input. ``ins`` are the input tensors
-    (kept alive, as PyTorch keeps saved tensors)."""
-    __slots__ = ("spec", "fwd", "bwd", "ins", "out", "saves", "attrs", "spans", "_ivs", "_ov", "views", "lin",
-                 "raw")
+    ``fwd()`` fills the output; ``bwd(g_np)`` returns one gradient (or None) per input.
+    ``ins``: (shape, NumPy dtype) of each input; ``out``: the output's.
+
+    Two kinds are made. ``PyRec(spec, fwd, bwd, ...)`` holds closures ``fwd()`` and ``bwd(g)``
+    (in-place ops). ``PyRec.numpy(...)`` (ops/pyops.py's record) holds the op's NumPy functions
+    and its operands' storage, flat, and makes NumPy views of them only when a closure first runs.
+    NOTE: it holds no closures of its own. A record lives until a sweep, and every container it
+    holds is an object the cyclic GC tracks: those tracked objects, ~43 a record, made a W5a
+    step leave 86 behind and cost it ~10 us in gen-0/1 collections (measured with the GC off);
+    the flat form holds about half as many."""
+    __slots__ = ("spec", "_f", "_b", "_ins", "out", "saves", "attrs", "_spans", "_ivs", "_ov", "_lin", "raw",
+                 "_fn", "_vs", "_vo", "_needs", "_writes")
 
     def __init__(self, spec, fwd, bwd, ins, out, attrs=None, saves=True, spans=None):
-        self.spec, self.fwd, self.bwd, self.ins, self.out = spec, fwd, bwd, ins, out
-        self.attrs = attrs or {}
+        self.spec, self._f, self._b, self._ins, self.out = spec, fwd, bwd, ins, out
+        self.attrs = attrs or _NO_ATTRS
         self.saves = saves
-        self.spans = spans   # (address, shape, strides, itemsize) of the inputs, for the version check
+        self._spans = spans  # (address, shape, strides, itemsize) of the inputs, for the version check
         # for create_graph (autograd/_higher.py): the NumPy views of the inputs and the output, the raw
         # VJP (g, out, *ins), and `lin` for a record linear in its float inputs: True when its forward
         # is that linear map, else lin(tangents, out, ins) -> array
-        self._ivs = self._ov = self.views = self.lin = self.raw = None
+        self._ivs = self._ov = self._lin = self.raw = self._vs = None
+
+    @classmethod
+    def numpy(cls, spec, fn, vjp, ins, out, attrs, saves, spans, lin, needs):
+        """An escape record of ops/pyops.py's record(): fn(*in_np) (or fn(out_np, *in_np) when
+        fn.writes_out) computes the output, vjp(g, out_np, *in_np) the gradients. ins: the input
+        tensors; spans: keep the inputs' spans for the version check."""
+        r = cls.__new__(cls)
+        r.spec, r._f, r._b, r._ins = spec, None, None, None
+        r.out = (out._shape, out._dtype.np)
+        r.attrs = attrs or _NO_ATTRS
+        r.saves = saves
+        r._spans = spans
+        r._ivs = r._ov = None
+        r._lin, r.raw = lin, vjp
+        r._fn, r._needs = fn, needs
+        r._writes = getattr(fn, "writes_out", False)
+        r._vs = tuple(v for t in ins for v in (t._base, t._addr, t._shape, t._stride, t._dtype.np))
+        r._vo = (out._base, out._addr, out._shape, out._stride, out._dtype.np)
+        return r
+
+    def fwd(self):
+        if self._vs is None:
+            return self._f()
+        ivs, ov = self.ivs, self.ov
+        r = self._fn(ov, *ivs) if self._writes else self._fn(*ivs)
+        if r is not None:
+            np.copyto(ov, r, casting="unsafe")
+
+    def bwd(self, g):
+        if self._vs is None:
+            return self._b(g)
+        if self._needs is not None:
+            return self.raw(g, self.ov, *self.ivs, needs=self._needs)
+        return self.raw(g, self.ov, *self.ivs)
 
     def _views_made(self):
-        """Make the views on first use (views(): ops/pyops.py's record); returns self."""
-        if self._ivs is None and self.views is not None:
-            self._ivs, self._ov = self.views()
+        """Make the NumPy views on first use (a native record's never run unless hooks, anomaly
+        mode or create_graph ask: ~3 us a record saved); returns self."""
+        if self._ivs is None and self._vs is not None:
+            vs = self._vs
+            self._ivs = [view(*vs[k:k + 5]) for k in range(0, len(vs), 5)]
+            self._ov = view(*self._vo)
         return self
 
     ivs = property(lambda self: self._views_made()._ivs, lambda self, v: setattr(self, "_ivs", v))
     ov = property(lambda self: self._views_made()._ov, lambda self, v: setattr(self, "_ov", v))
+
+    @property
+    def ins(self):
+        if self._ins is None and self._vs is not None:
+            vs = self._vs
+            self._ins = [(vs[k + 2], vs[k + 4]) for k in range(0, len(vs), 5)]
+        return self._ins
+
+    @property
+    def spans(self):
+        s = self._spans
+        if s is True:       # (numpy(): made from the operands when a check first asks)
+            vs = self._vs
+            s = self._spans = [(vs[k + 1], vs[k + 2], vs[k + 3], vs[k + 4].itemsize) for k in range(0, len(vs), 5)]
+        return s
+
+    @property
+    def lin(self):
+        lin = self._lin
+        if lin is True:     # the forward is the linear map
+            return lambda ts, o, iv: self._fn(*ts)
+        return lin
+
+    @lin.setter
+    def lin(self, v):
+        self._lin = v
+
+    def held_arrays(self):
+        """The NumPy arrays this record's forward reads and writes (TAPEGRAD_DEBUG's check)."""
+        if self._vs is not None:
+            return list(self.ivs) + [self.ov]
+        arrays = []
+        for cell in getattr(self._f, "__closure__", None) or ():
+            v = cell.cell_contents
+            arrays += list(v) if isinstance(v, (list, tuple)) else [v]
+        return arrays
+
+
+_NO_ATTRS = MappingProxyType({})
 
 
 class _Pass:
@@ -264,7 +348,7 @@ class Tape:
         self.last_kept = buf
 
     def pyrecord(self, spec, fwd, bwd, ins, out, n, dt, out_addr, producers, attrs=None, saves=True, grad=True,
-                 spans=None, native=None):
+                 spans=None, native=None, rec=None):
         """Append an escape record; returns its global index. `native`: the descriptor with which
         the jitted replay runs the record itself (ops/pyops.py's Note [native records]); it
         follows the producer list in ``edges``, and column b holds its offset (0: none)."""
@@ -276,7 +360,7 @@ class Tape:
         if native:
             self.edges.extend(native)
         self.append((PY << 5) | dt, n, out_addr, e, d, -1, -1, 1 if grad else 0, 0.0)
-        self.py[r] = PyRec(spec, fwd, bwd, ins, out, attrs, saves, spans)
+        self.py[r] = rec if rec is not None else PyRec(spec, fwd, bwd, ins, out, attrs, saves, spans)
         if self.anomaly_stacks:
             self.capture_stacks(r, r + 1)
         return r
