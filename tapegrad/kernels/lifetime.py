@@ -10,6 +10,8 @@ import numpy as np
 from numba import njit
 
 from ..config import NJIT
+from . import replay_cpu as R
+from .ptr import addr_of, f32p, f64p
 
 _PY = 1
 
@@ -49,3 +51,56 @@ def sweep(T, edges, base, flushed_phys, used, pins):  # pragma: no cover
     while k < n and k < flushed_phys and live[k] == 0:
         k += 1
     return live, k
+
+
+# ----- a backward pass's start, in two calls (Tape.mark_roots, Tape._backward) ----------------
+# NOTE: the same steps as NumPy calls from Python (a marks array, the roots set in it, the walk,
+# the marked indices, the gradient addresses, the scratch zeroed, a one-element seed) cost
+# ~10 us of a W5a step's backward; these two calls cost ~2.
+
+@njit(**NJIT)
+def mark_all(T, edges, roots, base):  # pragma: no cover
+    """(need, total, low, idx) of a backward from the global records `roots` (int64 array):
+    replay_cpu.mark's marks and results, and idx the physical indices of the marked records,
+    ascending (empty when total < 0: a freed record was reached)."""
+    root = roots[0]
+    for r in roots:
+        root = max(root, r)
+    need = np.zeros(root - base + 1, np.int64)
+    left = 0
+    for r in roots:
+        if need[r - base] == 0:
+            need[r - base] = 1
+            left += 1
+    total, low = R.mark(T, edges, root, base, base, need, left)
+    if total < 0:
+        return need, total, low, np.zeros(0, np.int64)
+    k = 0
+    for i in range(low - base, need.shape[0]):
+        if need[i] != 0:
+            k += 1
+    idx = np.empty(k, np.int64)
+    k = 0
+    for i in range(low - base, need.shape[0]):
+        if need[i] != 0:
+            idx[k] = i
+            k += 1
+    return need, total, low, idx
+
+
+@njit(**NJIT)
+def start_pass(need, idx, n, scratch, nbytes, seed_row, seed, seed_f64):  # pragma: no cover
+    """The gradient addresses (int64, n rows) of a pass over the marked records idx, into
+    scratch, whose first nbytes are zeroed; when seed_row >= 0, that record's one-element
+    gradient is `seed` (float64; written as float32 unless seed_f64)."""
+    scratch[:nbytes] = 0
+    saddr = addr_of(scratch)
+    gaddr = np.zeros(n, np.int64)
+    for i in idx:
+        gaddr[i] = saddr + need[i] - 1
+    if seed_row >= 0:
+        if seed_f64:
+            f64p(gaddr[seed_row])[0] += seed
+        else:
+            f32p(gaddr[seed_row])[0] += np.float32(seed)
+    return gaddr

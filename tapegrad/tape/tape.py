@@ -285,6 +285,7 @@ class Tape:
         self.hold_rows = 0         # a step is being captured (no sweep: its rows are copied at the end)
         self.capture = None        # tapegrad.capture's log while a step is captured
         self.inputs_cache = None   # a captured step's private tape: physical index -> inputs_of
+        self._one_root = np.zeros(1, np.int64)   # mark_roots's argument for a single root
         self.frozen = None         # a captured step's private tape: its (T, C) views, made once
         self._scratch = None       # the running pass's gradient scratch (TAPEGRAD_DEBUG checks addresses in it)
         self._views = None         # (T, C, buf): int64/float64 views of all of buf, made once (cols)
@@ -734,18 +735,16 @@ class Tape:
         idx = the physical indices of those records, ascending. Raises PyTorch's errors for a
         freed graph or a saved value modified in place (nothing has run)."""
         base = self.base
-        root = max(roots)
         T, C = self.cols()
-        need = np.zeros(root - base + 1, np.int64)
-        distinct = set(roots)
-        for r in distinct:
-            need[r - base] = 1
-        total, low = R.mark(T, self.edges_np(), root, base, base, need, len(distinct))
+        if len(roots) == 1:
+            ra = self._one_root
+            ra[0] = roots[0]
+        else:
+            ra = np.array(roots, np.int64)
+        need, total, low, idx = _lifetime.mark_all(T, self.edges_np(), ra, base)
         if total < 0:
             del T, C
             raise RuntimeError(SECOND_TIME)
-        idx = np.nonzero(need[low - base:])[0]
-        idx += low - base
         try:
             if self.inplace_log:
                 self._check_versions(T, idx, base)
@@ -775,10 +774,14 @@ class Tape:
             if not self.busy:
                 self._scratch_keep = (P.scratch, P.saddr)
         else:
-            P.scratch, P.saddr = keep
-            P.scratch[:int(total) + 64] = 0
-        P.gaddr = np.zeros(self.n, np.int64)
-        P.gaddr[idx] = P.saddr + need[idx] - 1
+            P.scratch, P.saddr = keep      # (zeroed by start_pass)
+        seed_row, seed_val = -1, 0.0
+        if len(roots) == 1 and seeds[0].__class__ is np.ndarray and seeds[0].size == 1 \
+                and seeds[0].dtype.kind == "f":     # loss.backward(): seeded by start_pass
+            seed_row, seed_val = root - base, float(seeds[0].flat[0])
+            seeds = ()
+        P.gaddr = _lifetime.start_pass(need, idx, self.n, P.scratch, int(total) + 64, seed_row, seed_val,
+                                       seed_row >= 0 and (self.buf[(root - base) * ROW] & 3) == 1)
         if not (leaves or only or self.leaf_hooks or self.hooks or self.detect_anomaly):
             # every slot collects in place: the pass uses the tape's own tables (the kernels get
             # views of them for each call only: Python code run by the pass may add slots)
