@@ -110,6 +110,10 @@ def _unsafe_view(x, shape):
 def linear(input, weight, bias=None):
     """y = input @ weight.T + bias. 2-D input with bias is one ``addmm`` record
     (AddmmBackward0, as torch); other ranks are flattened to 2-D and viewed back."""
+    if bias is not None and isinstance(input, Tensor) and isinstance(weight, Tensor) and isinstance(bias, Tensor):
+        xs, ws = input._shape, weight._shape     # the usual case (nn.Linear on a batch), checks below
+        if len(xs) == 2 and len(ws) == 2 and xs[1] == ws[1] and bias._shape == ws[:1]:
+            return P.addmm(bias, input, weight)
     _check_tensor(input, "linear", 1, "input")
     _check_tensor(weight, "linear", 2, "weight")
     if input.dim() == 0 or weight.dim() == 0:
