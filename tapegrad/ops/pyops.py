@@ -206,9 +206,13 @@ def binary_py(name, x, y, c=1.0, scalar=False):
             return gx, gy
     nat = None
     if name in ("add", "sub") and x._contig and y._contig and _native_ok(out, [x, y]):
-        sh, (sx, sy) = _coalesce(shape, _grad_strides(x._shape, shape), _grad_strides(y._shape, shape))
-        nat = [5, 1 if name == "sub" else 0, out._n, x._addr, y._addr, _f64_bits(c), len(sh)]
-        nat += sh + sx + sy
+        key = (x._shape, y._shape)
+        tail = _BCAST_TAILS.get(key)
+        if tail is None:
+            sh, (sx, sy) = _coalesce(shape, _grad_strides(x._shape, shape), _grad_strides(y._shape, shape))
+            tail = _memo(_BCAST_TAILS, key, [len(sh)] + sh + sx + sy)
+        nat = [5, 1 if name == "sub" else 0, out._n, x._addr, y._addr, _F64_ONE if c == 1.0 else _f64_bits(c)]
+        nat += tail
     return record(name, out, [x, y], fwd, bwd, attrs={"c": c}, native=nat)
 
 
@@ -246,8 +250,13 @@ def _view_out(x, res):
 def view_op(name, x, vf, bwd=None, perm=None):
     """Apply NumPy view function `vf` to x's storage; record for autograd. perm: the view is
     x's dimensions in this order (transposes: its native descriptor without _fake)."""
-    res = vf(x._view_np())
-    out = _view_out(x, res)
+    if perm is not None:            # a permutation of x's dimensions: its shape and strides, without NumPy
+        sh, st = x._shape, x._stride
+        out = _T()._wrap(x._base, x._addr, tuple([sh[i] for i in perm]), tuple([st[i] for i in perm]), x._dtype)
+        out._vc = x._version_counter()
+        out._exposed = x._exposed
+    else:
+        out = _view_out(x, vf(x._view_np()))
     if x._rg and _GRAD[0]:
         shape = x._shape
         if bwd is None:
@@ -839,6 +848,20 @@ def _f64_bits(c):
     return int(np.float64(c).view(np.int64))
 
 
+_F64_ONE = _f64_bits(1.0)
+# the coalesced dimensions of a broadcast (by operand shapes) and of a permutation (by input shape
+# and order): they depend on shapes only, and working them out took half a broadcast's record
+_BCAST_TAILS = {}
+_PERM_TAILS = {}
+
+
+def _memo(table, key, value):
+    if len(table) >= 4096:      # (shapes of a long-running program with ever-new shapes: start over)
+        table.clear()
+    table[key] = value
+    return value
+
+
 def _fake(shape):
     """A contiguous int8 array of `shape` over one byte (only its strides and offsets are read):
     view functions applied to it give a view's element offset and strides in the contiguous
@@ -859,9 +882,13 @@ def _view_native(out, x, vf, perm=None):
     if not _native_ok(out, [x]) or out._n == 0:
         return None
     if perm is not None:
-        st = _T()._contig_strides(x._shape)
-        sh, (vs,) = _coalesce([x._shape[i] for i in perm], [st[i] for i in perm])
-        return [4, 0, out._n, 0, len(sh)] + sh + vs
+        key = (x._shape, tuple(perm))
+        tail = _PERM_TAILS.get(key)
+        if tail is None:
+            st = _T()._contig_strides(x._shape)
+            sh, (vs,) = _coalesce([x._shape[i] for i in perm], [st[i] for i in perm])
+            tail = _memo(_PERM_TAILS, key, [len(sh)] + sh + vs)
+        return [4, 0, out._n, 0] + tail
     f = _fake(x._shape)
     v = vf(f)
     if v.shape != out._shape or not np.may_share_memory(v, f) or v.ndim > 16:
