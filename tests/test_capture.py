@@ -384,13 +384,18 @@ def test_several_outputs_bit_identical(kind):
     assert_twins_same(a, b)
 
 
-def test_lr_scheduler_outside_the_step_is_seen_by_the_replay():
-    """Python state changed *outside* the step (the scheduler) reaches the replayed update."""
+def _with_scheduler(build_fn):
+    """build_fn's twin with a StepLR (step_size 2, gamma 0.5) on its optimizer, as tw.sched."""
     def build():
-        tw = build_001()
+        tw = build_fn()
         tw.sched = torch.optim.lr_scheduler.StepLR(tw.opt, step_size=2, gamma=0.5)
         return tw
-    a, b = twins(build)
+    return build
+
+
+def test_lr_scheduler_outside_the_step_is_seen_by_the_replay():
+    """Python state changed *outside* the step (the scheduler) reaches the replayed update."""
+    a, b = twins(_with_scheduler(build_001))
     step = torch.capture(b.step)
     for i, (x, y) in enumerate(batches_xy(8, (8, 10), (8, 1), seed=2)):
         assert_same(a.step(torch.tensor(x), torch.tensor(y)), step(torch.tensor(x), torch.tensor(y)), f"call {i}")
@@ -475,11 +480,7 @@ def test_one_call_replay_after_grads_handed_out_and_scheduler():
     """Grads read between calls (zero_grad then renews the leaf buffers, which moves the leaf
     table's addresses), a learning rate changed outside the step (new hyperparameters), and a
     non-contiguous argument (the Python path for that call): all bit-identical to eager."""
-    def build():
-        tw = build_003()
-        tw.sched = torch.optim.lr_scheduler.StepLR(tw.opt, step_size=2, gamma=0.5)
-        return tw
-    a, b = twins(build)
+    a, b = twins(_with_scheduler(build_003))
     step = torch.capture(b.step)
     held, extra = [], []
     for i, (x, y) in enumerate(batches_xy(10, (4, 10), (4, 1), seed=47)):
