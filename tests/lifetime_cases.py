@@ -267,22 +267,42 @@ def held_node_keeps_its_graph():
         [("torch::autograd::AccumulateGrad", 0), (None, 0)]
 
 
-def edges_bounded_while_steps_live():
+def edges_bounded_while_steps_live(depth=1):
     """Escape records' producer lists and descriptors (``TAPE.edges``) stay bounded over a
     training loop that never lets the tape empty (the step being backpropagated is live at each
     backward's sweep; _settle would hide it, so nothing settles here). Each step below records
-    escape records (matmuls, a broadcasting add)."""
+    escape records (matmuls, a broadcasting add); depth > 1 repeats the hidden layer, so that
+    more rows are live at a sweep (Tape._compact_edges has a path for a few rows and one for many)."""
     X, Y, params = _mlp()
+    W1, b1, W2 = params
+    H = tg.tensor(np.eye(8, dtype=np.float32) * 0.5, requires_grad=True)
+
+    def step():
+        h = tg.tanh(X @ W1 + b1)
+        for _ in range(depth - 1):
+            h = tg.tanh(h @ H + b1)
+        loss = ((h @ W2 - Y) ** 2).mean()
+        loss.backward()
+        with tg.no_grad():
+            for p in params + [H]:
+                if p.grad is not None:
+                    p -= 0.01 * p.grad
+                p.grad = None
+        return loss
+
     grew = []
-    for i in range(1200):
+    steps = 1200 if depth == 1 else 300
+    for i in range(steps):
         before = len(TAPE.edges)
-        loss = _step(X, Y, params)
+        loss = step()
         if i == 0:
             grew = len(TAPE.edges) - before
-        if i == 299:
+            rows = len(TAPE)
+        if i == steps // 4:
             mid = len(TAPE.edges)
     end = len(TAPE.edges)
     assert grew > 0, "the step records no escape record: the case tests nothing"
+    assert depth == 1 or rows > 16, f"only {rows} rows a step"
     assert end <= max(2 * mid, mid + 64), f"edges grew from {mid} to {end} entries ({grew} a step)"
     assert end <= 400 * grew, f"edges hold {end} entries: {end // grew} steps' worth"
     del loss
@@ -291,7 +311,8 @@ def edges_bounded_while_steps_live():
 PASSING = ["training_loop_tape_and_memory_flat('none')", "training_loop_tape_and_memory_flat('zero_')",
            "no_grad_loop_never_reading_stays_flat()", "dropped_graph_is_freed()",
            "backwarded_and_retained_graphs_are_freed()", "leaf_slots_are_reused()", "tensors_outlive_the_tape()",
-           "held_node_keeps_its_graph()", "edges_bounded_while_steps_live()"]
+           "held_node_keeps_its_graph()", "edges_bounded_while_steps_live()",
+           "edges_bounded_while_steps_live(depth=12)"]
 
 
 def run_all(calls):

@@ -417,8 +417,9 @@ def test_no_grad_loop_never_reading_stays_flat(lifetime_results):
     _check(lifetime_results, "no_grad_loop_never_reading_stays_flat()")
 
 
-def test_edges_bounded_while_steps_live(lifetime_results):
-    _check(lifetime_results, "edges_bounded_while_steps_live()")
+@pytest.mark.parametrize("call", ["edges_bounded_while_steps_live()", "edges_bounded_while_steps_live(depth=12)"])
+def test_edges_bounded_while_steps_live(lifetime_results, call):
+    _check(lifetime_results, call)
 
 
 def test_dropped_graph_is_freed(lifetime_results):
