@@ -184,6 +184,10 @@ def _pointwise_loss(err, input, reduction, weight):
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    if (size_average is None and reduce is None and weight is None and reduction in ("mean", "sum")
+            and isinstance(input, Tensor) and isinstance(target, Tensor) and input._shape == target._shape
+            and input._dtype is target._dtype and input._dtype.code <= 1 and input._n):
+        return P.mse_loss(input, target, reduction)   # the usual case: what the checks below come to
     _size_warning(input, target)
     if size_average is not None or reduce is not None:
         reduction = _legacy_get_string(size_average, reduce)
