@@ -185,9 +185,10 @@ class _Program:
 # two of them -- the argument copies, forward rows, the planned backward and the optimizer
 # update -- is one kernels.step.run_step call, in the order the step did them. The same
 # kernels run on the same rows as in _Program.run, so results are the same bits; what goes is
-# the Python between the kernels (W5a captured: 21 -> ~9 us, bench/results). Arguments that
-# are not contiguous, TAPEGRAD_DEBUG (it checks addresses before each kernel) and a grad
-# handed out take _Program.run instead.
+# the Python between the kernels (W5a captured: 21 -> ~9 us, bench/results). A call with an
+# argument that is not contiguous, and every call under TAPEGRAD_DEBUG (it checks addresses
+# before each kernel), take _Program.run instead; so does a program whose backward is seeded
+# with an explicit gradient (its values are read at each replay).
 
 class _OneCall:
     """A program's replay as few jitted calls (Note [one call a step])."""
@@ -238,9 +239,8 @@ class _OneCall:
                 roots, seeds, plan = payload
                 rs, vals = [], []
                 for r, sd in zip(roots, seeds):
-                    sd = np.asarray(sd)
-                    if sd.dtype.kind != "f":
-                        return None
+                    if sd.__class__ is not np.ndarray or sd.dtype.kind != "f":
+                        return None     # an explicit gradient (autograd's _LazySeed): read at each replay
                     rs.append((r - t.base, sd.size, sd.dtype == np.float64))
                     vals.append(sd.astype(np.float64).ravel())
                 need(1)["bwd"] = (plan, max(roots) - t.base, np.array(rs, np.int64).reshape(-1, 3),

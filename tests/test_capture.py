@@ -476,6 +476,26 @@ def test_one_call_replay_refused_where_python_must_run():
     assert_twins_same(a, b)
 
 
+def test_explicit_backward_gradient_keeps_the_python_replay():
+    """y.backward(gradient) with a gradient the step computes: the seed is read at each replay,
+    so the one-call path (whose seeds are fixed) is not taken; bit-identical to eager."""
+    def build():
+        lin = nn.Linear(4, 3)
+        opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+
+        def step(x):
+            opt.zero_grad()
+            y = lin(x)
+            y.backward(torch.ones_like(y) * 0.5)
+            opt.step()
+            return y
+        return Twin(step, lin.parameters(), opt)
+    a, b, step = run_twins(build, [(x,) for x, _ in batches_xy(6, (2, 4), (2, 3), seed=49)])
+    assert _program(step).one is None
+    assert step.stats == {"captured": 1, "replayed": 5, "eager": 0}
+    assert_twins_same(a, b)
+
+
 def test_one_call_replay_after_grads_handed_out_and_scheduler():
     """Grads read between calls (zero_grad then renews the leaf buffers, which moves the leaf
     table's addresses), a learning rate changed outside the step (new hyperparameters), and a
