@@ -133,8 +133,8 @@ class _Program:
         self.one = _OneCall.build(self) if log.refuse is None else None
 
     def run(self, args_np):
-        """Replay; returns the outputs' values, or None when a value the step read has changed
-        (then nothing outside the program's own buffers has been written)."""
+        """Replay; returns True, or None when a value the step read has changed (then nothing
+        outside the program's own buffers has been written). The outputs are in self.outputs."""
         t = self.tape
         for (_, view), a in zip(self.inputs, args_np):
             np.copyto(view, a, casting="no")
@@ -159,7 +159,7 @@ class _Program:
             self._forward(at, self.r1)
         if not checked and not self._reads_hold():
             return None
-        return [o._view_np() for o in self.outputs]
+        return True
 
     def _forward(self, lo, hi):
         if hi <= lo:
@@ -351,7 +351,7 @@ class _OneCall:
                                    " (Note [one call a step])")
             if opt is not None:
                 opt._finish(c, done, new)
-        return [_fresh(None, o) for o in self.outs]
+        return [_fresh(o) for o in self.outs]
 
 
 class _Kern:
@@ -458,21 +458,15 @@ class CapturedStep:
         if one is not None and one.ready(args):
             outs = one.run(args)
             self.stats["replayed"] += 1
-            if len(outs) == 1 and prog.result is prog.outputs[0]:
-                return outs[0]
-            return _rebuild(prog.result, iter(outs))
-        vals = prog.run([a._values() for a in args if isinstance(a, Tensor)])
-        if vals is None:
+            return _returned(prog, outs)
+        if prog.run([a._values() for a in args if isinstance(a, Tensor)]) is None:
             self._say("a value the step read during capture (item(), bool(), tolist()) changed")
             del self.programs[key]
             self.programs[("refused",) + key] = True
             self.stats["eager"] += 1
             return self.fn(*args, **kwargs)
         self.stats["replayed"] += 1
-        outs = [_fresh(v, o) for v, o in zip(vals, prog.outputs)]
-        if len(outs) == 1 and prog.result is prog.outputs[0]:
-            return outs[0]          # the step returned one tensor
-        return _rebuild(prog.result, iter(outs))
+        return _returned(prog, [_fresh(o) for o in prog.outputs])
 
     def _capture(self, key, args, kwargs):
         from .tensor import Tensor, tensor
@@ -542,15 +536,22 @@ def _late():
 _LATE = []
 
 
-def _fresh(values, like):
-    """A new tensor holding a copy of `values`, the values of the program's output `like`
-    (contiguous: one memmove, no NumPy view of the new tensor)."""
+def _fresh(like):
+    """A new tensor holding a copy of the values of the program's output `like` (contiguous: one
+    memmove, no NumPy view of the new tensor)."""
     t = _late()[1](like._shape, like._dtype)
     if like._contig:
         ctypes.memmove(t._addr, like._addr, like._n * like._dtype.itemsize)
     else:
-        t._view_np()[...] = like._view_np() if values is None else values
+        t._view_np()[...] = like._view_np()
     return t
+
+
+def _returned(prog, outs):
+    """What the step returned, rebuilt around `outs`, the fresh copies of prog's outputs."""
+    if len(outs) == 1 and prog.result is prog.outputs[0]:
+        return outs[0]          # the step returned one tensor
+    return _rebuild(prog.result, iter(outs))
 
 
 def capture(fn=None, *, verbose=True):

@@ -14,7 +14,7 @@ and it says so (a status below -1) before any later phase runs.
 import numpy as np
 from numba import carray, njit
 
-from ..config import NJIT
+from ..config import NJIT, NJIT_INNER
 from . import optim as K
 from . import replay_cpu as R
 from .ptr import f32p, f64p, i8p, i64p, u8p
@@ -23,7 +23,7 @@ from .ptr import f32p, f64p, i8p, i64p, u8p
 KERNELS = ("", "sgd_step", "adam_step", "rmsprop_step")
 
 
-@njit(**NJIT)
+@njit(**NJIT_INNER)
 def _copy(dst, src, nbytes):  # pragma: no cover
     w = nbytes >> 3
     for j in range(w):

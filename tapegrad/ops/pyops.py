@@ -59,8 +59,7 @@ def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True, lin
     # spans (for the version check) are made from the operands when a backward first asks
     rec = PyRec.numpy(spec, fwd, bwd, ins, out, attrs, saves, True if (rg and saves) else None,
                       lin if rg else None, needs)
-    r = TAPE.pyrecord(spec, None, None, None, None, out._n, out._dtype.code & 3, out._addr, prods, attrs, saves,
-                      grad=rg, native=native, rec=rec)
+    r = TAPE.append_py(rec, out._n, out._dtype.code & 3, out._addr, prods, grad=rg, native=native)
     if rg:
         out._rec = r
         out._rg = True

@@ -129,12 +129,16 @@ class PyRec:
             return self.raw(g, self.ov, *self.ivs, needs=self._needs)
         return self.raw(g, self.ov, *self.ivs)
 
+    def _operands(self):
+        """(base, address, shape, strides, NumPy dtype) of each input, from the flat _vs."""
+        vs = self._vs
+        return [vs[k:k + 5] for k in range(0, len(vs), 5)]
+
     def _views_made(self):
         """Make the NumPy views on first use (a native record's never run unless hooks, anomaly
         mode or create_graph ask: ~3 us a record saved); returns self."""
         if self._ivs is None and self._vs is not None:
-            vs = self._vs
-            self._ivs = [view(*vs[k:k + 5]) for k in range(0, len(vs), 5)]
+            self._ivs = [view(*v) for v in self._operands()]
             self._ov = view(*self._vo)
         return self
 
@@ -144,16 +148,14 @@ class PyRec:
     @property
     def ins(self):
         if self._ins is None and self._vs is not None:
-            vs = self._vs
-            self._ins = [(vs[k + 2], vs[k + 4]) for k in range(0, len(vs), 5)]
+            self._ins = [(v[2], v[4]) for v in self._operands()]
         return self._ins
 
     @property
     def spans(self):
         s = self._spans
         if s is True:       # (numpy(): made from the operands when a check first asks)
-            vs = self._vs
-            s = self._spans = [(vs[k + 1], vs[k + 2], vs[k + 3], vs[k + 4].itemsize) for k in range(0, len(vs), 5)]
+            s = self._spans = [(v[1], v[2], v[3], v[4].itemsize) for v in self._operands()]
         return s
 
     @property
@@ -349,10 +351,15 @@ class Tape:
         self.last_kept = buf
 
     def pyrecord(self, spec, fwd, bwd, ins, out, n, dt, out_addr, producers, attrs=None, saves=True, grad=True,
-                 spans=None, native=None, rec=None):
-        """Append an escape record; returns its global index. `native`: the descriptor with which
-        the jitted replay runs the record itself (ops/pyops.py's Note [native records]); it
-        follows the producer list in ``edges``, and column b holds its offset (0: none)."""
+                 spans=None, native=None):
+        """Append an escape record of closures fwd() / bwd(g) (PyRec); returns its global index."""
+        return self.append_py(PyRec(spec, fwd, bwd, ins, out, attrs, saves, spans), n, dt, out_addr, producers,
+                              grad, native)
+
+    def append_py(self, rec, n, dt, out_addr, producers, grad=True, native=None):
+        """Append escape record `rec` (a PyRec); returns its global index. `native`: the descriptor
+        with which the jitted replay runs the record itself (ops/pyops.py's Note [native records]);
+        it follows the producer list in ``edges``, and column b holds its offset (0: none)."""
         r = self.next_index
         e = len(self.edges)
         d = e + 1 + len(producers) if native else 0
@@ -361,7 +368,7 @@ class Tape:
         if native:
             self.edges.extend(native)
         self.append((PY << 5) | dt, n, out_addr, e, d, -1, -1, 1 if grad else 0, 0.0)
-        self.py[r] = rec if rec is not None else PyRec(spec, fwd, bwd, ins, out, attrs, saves, spans)
+        self.py[r] = rec
         if self.anomaly_stacks:
             self.capture_stacks(r, r + 1)
         return r
@@ -1004,8 +1011,7 @@ class Tape:
         P = _Pass()
         P.scratch = np.zeros(int(total) + 64, np.uint8)
         P.saddr = P.scratch.ctypes.data
-        P.gaddr = np.zeros(self.n, np.int64)
-        P.gaddr[idx] = P.saddr + need[idx] - 1
+        P.gaddr = _lifetime.start_pass(need, idx, self.n, P.scratch, 0, -1, 0.0, False)
         P.bufs = {}
         P.off = None
         P.views = {}
