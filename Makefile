@@ -25,7 +25,7 @@ demo: $(STAMP_BASE)
 
 test: $(STAMP_TEST)
 	$(BIN)/python -m pytest -q tests
-	TAPEGRAD_DEBUG=1 $(BIN)/python -m pytest -q -x -p no:cacheprovider tests/test_tape.py tests/test_semantics.py tests/test_fused.py tests/test_native.py tests/test_capture.py
+	TAPEGRAD_DEBUG=1 $(BIN)/python -m pytest -q -x -p no:cacheprovider tests/test_tape.py tests/test_semantics.py tests/test_fused.py tests/test_native.py tests/test_capture.py tests/test_fold.py
 	$(BIN)/python -m bench --smoke
 
 bench: $(STAMP_TEST)

@@ -314,6 +314,27 @@ def build_rnn():
     return Twin(step, params, opt)
 
 
+def build_rnn_transposed():
+    """The bench's W4 cell (torch.nn.RNN's layout): x_t @ W_ih.T + h @ W_hh.T + b, every W.T a
+    view the backward folds into its product (Note [folded transposes] in kernels/lifetime.py)."""
+    W_ih = (torch.randn(12, 4) * 0.4).requires_grad_()
+    W_hh = (torch.randn(12, 12) * 0.3).requires_grad_()
+    b = torch.zeros(12, requires_grad=True)
+    params = [W_ih, W_hh, b]
+    opt = torch.optim.Adam(params, lr=0.01)
+
+    def step(xs):
+        h = torch.zeros(xs.shape[1], 12)
+        for t in range(xs.shape[0]):
+            h = torch.tanh(xs[t] @ W_ih.T + h @ W_hh.T + b)
+        loss = (h * h).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    return Twin(step, params, opt)
+
+
 def test_rnn_20_steps_sgd_bit_identical():
     data = batches_xy(10, (20, 3, 4), (3, 1), seed=5)
     a, b, step = run_twins(build_rnn, data)
@@ -429,6 +450,7 @@ ONE_CALL = {
     "mlp_rmsprop": (_mlp(torch.optim.RMSprop, nn.MSELoss(), 2, lr=1e-2, momentum=0.5),
                     batches_xy(9, (8, 6), (8, 2), seed=45)),
     "rnn": (build_rnn, batches_xy(9, (20, 3, 4), (3, 1), seed=46)),
+    "rnn_transposed_adam": (build_rnn_transposed, [(x,) for x, _ in batches_xy(9, (15, 5, 4), (5, 1), seed=47)]),
     "mlp_float64_adam": (lambda: _double(_mlp(torch.optim.Adam, nn.MSELoss(), 2, lr=1e-2)),
                          [(x.astype(np.float64), y.astype(np.float64)) for x, y in batches_xy(9, (8, 6), (8, 2), seed=48)]),
 }

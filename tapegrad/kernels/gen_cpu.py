@@ -30,6 +30,7 @@ from numba import carray, njit
 from numba import prange
 
 from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
+from ..ops.table import NCOL
 from . import elementwise as E
 from . import vmath as V
 from .blas import gemm
@@ -167,6 +168,7 @@ def backward_{{suf}}(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, bas
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PE = addr_of(E)
     PF = addr_of(FT)
+    PT = addr_of(T)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -185,7 +187,7 @@ def backward_{{suf}}(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, bas
             fn = i64p(PF)[4 + {{dt}} * 2 + 1]
             if fn == 0:
                 return -(r + 2)
-            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, 0, 0, 0.0)
+            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, PT, PE, 0.0)
             r -= 1
             continue
         if op <= {b_hi} and i64p(PF)[op * 4 + {{dt}} * 2 + 1] == 0:
@@ -334,9 +336,9 @@ def _nat_fwd_{{suf}}(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
         _rm_gemm_{{suf}}(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
 
 
-def _nat_bwd_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pragma: no cover
+def _nat_bwd_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma: no cover
     """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
-    record's gradient; u*: unused)."""
+    record's gradient; PT, PE: the tape's rows and edges; uc: unused)."""
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
@@ -422,6 +424,12 @@ def _nat_bwd_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pr
         gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
             _rm_gemm_{{suf}}(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, 1, one, gb)
+        elif p[1] >= base:
+            # B = W.T, a view this pass folded (Note [folded transposes] in kernels/lifetime.py):
+            # dW (n x k) += G.T (n x m) A (m x k), into W's gradient, as addmm's weight
+            gw = _grad_addr(i64p(PE)[i64p(PT)[(p[1] - base) * NCOL + 3] + 1], PG, PLA, PLS, PLN, base)
+            if gw != 0:
+                _rm_gemm_{{suf}}(d[1], n, k, m, one, gq, 1, n, d[5], d[6], d[7], one, gw)
 
 
 @njit(**NJIT_INNER)

@@ -9,7 +9,7 @@ per-op cost of lifetime tracking is one byte appended and one byte cleared
 import numpy as np
 from numba import njit
 
-from ..config import NJIT
+from ..config import NJIT, NJIT_INNER
 from . import replay_cpu as R
 from .ptr import addr_of, f32p, f64p
 
@@ -58,11 +58,79 @@ def sweep(T, edges, base, flushed_phys, used, pins):  # pragma: no cover
 # the marked indices, the gradient addresses, the scratch zeroed, a one-element seed) cost
 # ~10 us of a W5a step's backward; these two calls cost ~2.
 
+# Note [folded transposes]
+# ~~~~~~~~~~~~~~~~~~~~~~~~
+# `x @ W.T` records two things: the view W.T (a native record, kind 4) and the product (kind 2).
+# Its backward computes dB = x.T G into the view's own gradient, then the view scatters dB.T
+# into W's gradient element by element: a strided loop as long as the product's own gemm (W4,
+# an RNN: ~240 us of a 1.4 ms captured step). When the product is the view's only consumer in
+# the pass, the pass leaves the view unmarked and the product's backward writes
+# dW += G.T x straight into W's gradient: the same products summed in the same order
+# (each element one dot product over the batch), added once, so the same bits. Not when
+# anything could look at the view's or the product's gradients (`keep`: hooks, retained grads,
+# autograd.grad's inputs), nor in anomaly mode, nor for create_graph (its own walk of the marks).
+
+@njit(**NJIT_INNER)
+def _transposed_input(T, edges, v):  # pragma: no cover
+    """The producer code of record v's input if v is a native view of its whole input's gradient
+    transposed (2-D, offset 0, strides (1, rows)), else -1."""
+    if (T[v, 0] >> 5) != _PY or T[v, 4] == 0:
+        return -1
+    d = T[v, 4]
+    e = T[v, 3]
+    if edges[d] != 4 or edges[d + 3] != 0 or edges[d + 4] != 2 or edges[e] != 1:
+        return -1
+    if edges[d + 7] != 1 or edges[d + 8] != edges[d + 5]:
+        return -1
+    return edges[e + 1]
+
+
+@njit(**NJIT_INNER)
+def _fold_transposes(T, edges, need, lo, base, keep, roots):  # pragma: no cover
+    """Unmark the views Note [folded transposes] folds into their product; returns how many."""
+    n = need.shape[0]
+    uses = np.zeros(n, np.int64)      # consumers among the marked records
+    fold = np.zeros(n, np.uint8)      # candidates used once, as a product's B
+    kept = np.zeros(n, np.uint8)
+    for g in keep:
+        if base <= g < base + n:
+            kept[g - base] = 1
+    for g in roots:
+        kept[g - base] = 1
+    for i in range(lo, n):
+        if need[i] == 0:
+            continue
+        if (T[i, 0] >> 5) == _PY:
+            e = T[i, 3]
+            d = T[i, 4]
+            for q in range(edges[e]):
+                p = edges[e + 1 + q] - base
+                if p >= 0:
+                    uses[p] += 1
+                    if (q == 1 and d != 0 and not kept[i] and not kept[p] and edges[d] == 2 and edges[e] == 2 and edges[e + 1] - base != p
+                            and _transposed_input(T, edges, p) != -1 and edges[d + 3] == edges[T[p, 4] + 5]
+                            and edges[d + 4] == edges[T[p, 4] + 6]):
+                        fold[p] = 1
+        else:
+            for col in (5, 6):
+                p = T[i, col] - base
+                if p >= 0:
+                    uses[p] += 1
+    k = 0
+    for i in range(lo, n):
+        if fold[i] and uses[i] == 1 and need[i] != 0:
+            need[i] = 0
+            k += 1
+    return k
+
+
 @njit(**NJIT)
-def mark_all(T, edges, roots, base):  # pragma: no cover
+def mark_all(T, edges, roots, base, fold, keep):  # pragma: no cover
     """(need, total, low, idx) of a backward from the global records `roots` (int64 array):
     replay_cpu.mark's marks and results, and idx the physical indices of the marked records,
-    ascending (empty when total < 0: a freed record was reached)."""
+    ascending (empty when total < 0: a freed record was reached). fold: apply Note [folded
+    transposes], except where a product or its view is one of the global records `keep` or a
+    root."""
     root = roots[0]
     for r in roots:
         root = max(root, r)
@@ -75,6 +143,8 @@ def mark_all(T, edges, roots, base):  # pragma: no cover
     total, low = R.mark(T, edges, root, base, base, need, left)
     if total < 0:
         return need, total, low, np.zeros(0, np.int64)
+    if fold:
+        _fold_transposes(T, edges, need, low - base, base, keep, roots)
     k = 0
     for i in range(low - base, need.shape[0]):
         if need[i] != 0:

@@ -10,6 +10,7 @@ from numba import carray, njit
 from numba import prange
 
 from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
+from ..ops.table import NCOL
 from . import elementwise as E
 from . import vmath as V
 from .blas import gemm
@@ -1439,6 +1440,7 @@ def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PE = addr_of(E)
     PF = addr_of(FT)
+    PT = addr_of(T)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -1457,7 +1459,7 @@ def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
             fn = i64p(PF)[4 + 0 * 2 + 1]
             if fn == 0:
                 return -(r + 2)
-            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, 0, 0, 0.0)
+            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, PT, PE, 0.0)
             r -= 1
             continue
         if op <= 30 and i64p(PF)[op * 4 + 0 * 2 + 1] == 0:
@@ -1606,9 +1608,9 @@ def _nat_fwd_f32(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
         _rm_gemm_f32(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
 
 
-def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pragma: no cover
+def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma: no cover
     """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
-    record's gradient; u*: unused)."""
+    record's gradient; PT, PE: the tape's rows and edges; uc: unused)."""
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
@@ -1694,6 +1696,12 @@ def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pragma
         gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
             _rm_gemm_f32(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, 1, one, gb)
+        elif p[1] >= base:
+            # B = W.T, a view this pass folded (Note [folded transposes] in kernels/lifetime.py):
+            # dW (n x k) += G.T (n x m) A (m x k), into W's gradient, as addmm's weight
+            gw = _grad_addr(i64p(PE)[i64p(PT)[(p[1] - base) * NCOL + 3] + 1], PG, PLA, PLS, PLN, base)
+            if gw != 0:
+                _rm_gemm_f32(d[1], n, k, m, one, gq, 1, n, d[5], d[6], d[7], one, gw)
 
 
 @njit(**NJIT_INNER)
@@ -1897,6 +1905,7 @@ def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PE = addr_of(E)
     PF = addr_of(FT)
+    PT = addr_of(T)
     r = hi
     while r >= lo:
         if gaddr[r] == 0:
@@ -1915,7 +1924,7 @@ def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
             fn = i64p(PF)[4 + 1 * 2 + 1]
             if fn == 0:
                 return -(r + 2)
-            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, 0, 0, 0.0)
+            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, PT, PE, 0.0)
             r -= 1
             continue
         if op <= 30 and i64p(PF)[op * 4 + 1 * 2 + 1] == 0:
@@ -2064,9 +2073,9 @@ def _nat_fwd_f64(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
         _rm_gemm_f64(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
 
 
-def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pragma: no cover
+def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma: no cover
     """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
-    record's gradient; u*: unused)."""
+    record's gradient; PT, PE: the tape's rows and edges; uc: unused)."""
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
@@ -2152,6 +2161,12 @@ def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, u9, u10, uc):  # pragma
         gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
             _rm_gemm_f64(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, 1, one, gb)
+        elif p[1] >= base:
+            # B = W.T, a view this pass folded (Note [folded transposes] in kernels/lifetime.py):
+            # dW (n x k) += G.T (n x m) A (m x k), into W's gradient, as addmm's weight
+            gw = _grad_addr(i64p(PE)[i64p(PT)[(p[1] - base) * NCOL + 3] + 1], PG, PLA, PLS, PLN, base)
+            if gw != 0:
+                _rm_gemm_f64(d[1], n, k, m, one, gq, 1, n, d[5], d[6], d[7], one, gw)
 
 
 @njit(**NJIT_INNER)

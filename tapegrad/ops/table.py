@@ -122,5 +122,6 @@ for _i, _row in enumerate(_ROWS + [OpSpec(n, "py", g, mnemonic=n) for n, g in _P
     OPS[_row.name] = _row
 
 DEAD, PY = 0, 1           # opcode 0: freed record; 1: escape record (all "py" rows share it)
+NCOL = 9                  # int64 columns of a tape row (tape/tape.py); column 8 holds the float attribute's bits
 BY_OPCODE = {s.opcode: s for s in OPS.values()}
 JIT_ROWS = [s for s in OPS.values() if s.kind != "py"]

@@ -42,12 +42,12 @@ from .. import config
 from ..kernels import lifetime as _lifetime
 from ..kernels import opfn as _opfn
 from ..kernels import replay_cpu as R
-from ..ops.table import BY_OPCODE, OPS, PY
+from ..ops.table import BY_OPCODE, NCOL, OPS, PY
 from ..storage import ARENA, byte_span, view
 
 _PKG_DIR = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
-NCOL = 9                  # int64 columns of a row; column 8 holds the float attribute's bits
 ROW = NCOL * 8
+_NO_RECORDS = np.zeros(0, np.int64)
 ALIVE = 7 * 8             # byte offset of the alive flag in a row
 PACK = struct.Struct("<8qd").pack_into
 _Q = struct.Struct("<q")
@@ -761,11 +761,14 @@ class Tape:
             traceback.clear_frames(e.__traceback__)
             raise
 
-    def mark_roots(self, roots):
+    def mark_roots(self, roots, fold=False, keep=None):
         """(need, total, idx): need[g - base] = 1 + byte offset of the gradient of each record
         reachable from global records `roots` (0 elsewhere), total = the scratch bytes they take,
         idx = the physical indices of those records, ascending. Raises PyTorch's errors for a
-        freed graph or a saved value modified in place (nothing has run)."""
+        freed graph or a saved value modified in place (nothing has run). fold: a backward pass
+        leaves out the views Note [folded transposes] (kernels/lifetime.py) folds (not in anomaly
+        mode), but for records something looks at: with hooks, retained grads, or in `keep`
+        (the global records whose gradients autograd.grad returns)."""
         base = self.base
         T, C = self.cols()
         if len(roots) == 1:
@@ -773,7 +776,10 @@ class Tape:
             ra[0] = roots[0]
         else:
             ra = np.array(roots, np.int64)
-        need, total, low, idx = _lifetime.mark_all(T, self.edges_np(), ra, base)
+        fold = fold and not self.detect_anomaly
+        ka = (np.array([*self.hooks, *self.retained, *(keep or ())], np.int64)
+              if fold and (self.hooks or self.retained or keep) else _NO_RECORDS)
+        need, total, low, idx = _lifetime.mark_all(T, self.edges_np(), ra, base, fold, ka)
         if total < 0:
             del T, C
             raise RuntimeError(SECOND_TIME)
@@ -787,7 +793,7 @@ class Tape:
     def _backward(self, roots, seeds, retain_graph, leaves, only, capture):
         base = self.base
         root = max(roots)
-        need, total, idx = self.mark_roots(roots)
+        need, total, idx = self.mark_roots(roots, True, capture)
         lo = base + int(idx[0])     # the lowest record this backward reaches
         if (len(roots) == 1 and root == self.next_index - 1 and 0 < root - self.flushed <= _FUSE_MAX
                 and not (retain_graph or leaves or only or capture)
@@ -1007,7 +1013,7 @@ class Tape:
     def plan_backward(self, roots):
         """What a backward from `roots` needs that does not change between replays of the same
         rows: the marked records and their gradient addresses in a scratch buffer of its own."""
-        need, total, idx = self.mark_roots(roots)
+        need, total, idx = self.mark_roots(roots, True)
         P = _Pass()
         P.scratch = np.zeros(int(total) + 64, np.uint8)
         P.saddr = P.scratch.ctypes.data
