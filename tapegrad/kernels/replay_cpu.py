@@ -9,11 +9,12 @@ from numba import carray, njit
 
 from numba import prange
 
-from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, TILE
+from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, SMALL_GEMM_MAX, TILE
 from ..ops.table import NCOL
 from . import elementwise as E
 from . import vmath as V
 from .blas import gemm
+from .smallgemm import small_gemm_bt_f32, small_gemm_bt_f64, small_gemm_f32, small_gemm_f64
 from .ptr import addr_of, call_bwd, call_fwd, f32p, f64p, i8p, i64p, u8p
 
 UNARY = (2, 23)
@@ -1551,10 +1552,23 @@ def _bwd_typed_f32(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c, PF):  # pr
 @njit(**NJIT_INNER)
 def _rm_gemm_f32(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # pragma: no cover
     """Row-major C (m x n, contiguous) = alpha A B + beta C for A (m x k) and B (k x n) given by
-    element strides: Fortran's column-major C^T = B^T A^T."""
+    element strides: Fortran's column-major C^T = B^T A^T; a small one without packing
+    (kernels/smallgemm.py's Note [small gemm]: its bits depend on the shapes only)."""
+    if m * n * k <= SMALL_GEMM_MAX and alpha == 1 and (beta == 0 or beta == 1):
+        if bs1 == 1 or n == 1:
+            small_gemm_f32(m, n, k, pa, as0, as1, pb, bs0, pc, beta == 1)
+        else:           # (then bs0 == 1: gemm reads only operands with a unit stride)
+            small_gemm_bt_f32(m, n, k, pa, as0, as1, pb, bs1, pc, beta == 1)
+        return
     tb, ldb = _cm_layout(k, n, bs0, bs1)
     ta, lda = _cm_layout(m, k, as0, as1)
     gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
+
+
+@njit(**NJIT)
+def matmul_f32(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc):  # pragma: no cover
+    """C (m x n, contiguous) = A B as the replay computes it, for Python (ops/pyops.py's _gemm)."""
+    _rm_gemm_f32(fn, m, n, k, np.float32(1.0), pa, as0, as1, pb, bs0, bs1, np.float32(0.0), pc)
 
 
 def _nat_fwd_f32(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
@@ -2016,10 +2030,23 @@ def _bwd_typed_f64(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c, PF):  # pr
 @njit(**NJIT_INNER)
 def _rm_gemm_f64(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # pragma: no cover
     """Row-major C (m x n, contiguous) = alpha A B + beta C for A (m x k) and B (k x n) given by
-    element strides: Fortran's column-major C^T = B^T A^T."""
+    element strides: Fortran's column-major C^T = B^T A^T; a small one without packing
+    (kernels/smallgemm.py's Note [small gemm]: its bits depend on the shapes only)."""
+    if m * n * k <= SMALL_GEMM_MAX and alpha == 1 and (beta == 0 or beta == 1):
+        if bs1 == 1 or n == 1:
+            small_gemm_f64(m, n, k, pa, as0, as1, pb, bs0, pc, beta == 1)
+        else:           # (then bs0 == 1: gemm reads only operands with a unit stride)
+            small_gemm_bt_f64(m, n, k, pa, as0, as1, pb, bs1, pc, beta == 1)
+        return
     tb, ldb = _cm_layout(k, n, bs0, bs1)
     ta, lda = _cm_layout(m, k, as0, as1)
     gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
+
+
+@njit(**NJIT)
+def matmul_f64(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc):  # pragma: no cover
+    """C (m x n, contiguous) = A B as the replay computes it, for Python (ops/pyops.py's _gemm)."""
+    _rm_gemm_f64(fn, m, n, k, np.float64(1.0), pa, as0, as1, pb, bs0, bs1, np.float64(0.0), pc)
 
 
 def _nat_fwd_f64(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover

@@ -786,7 +786,7 @@ def matmul(a, b):
 
     def fwd(o, av, bv):
         if o.ndim:
-            np.matmul(av, bv, out=o)
+            _gemm(av, bv, out=o)
         else:
             o[...] = np.matmul(av, bv)
     fwd.writes_out = True
@@ -799,8 +799,8 @@ def matmul(a, b):
             g2 = np.expand_dims(g2, -1)
         if av.ndim == 1:   # after the line above: dot's 0-d g has become (1,), then (1, 1)
             g2 = np.expand_dims(g2, -2)
-        ga = sum_to(np.matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(ash) if needs[0] else None
-        gb = sum_to(np.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(bsh) if needs[1] else None
+        ga = sum_to(_gemm(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(ash) if needs[0] else None
+        gb = sum_to(_gemm(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(bsh) if needs[1] else None
         return ga, gb
     bwd.needs_aware = True
     nat = _mm_native(out, a, b) if a.dim() == 2 and b.dim() == 2 else None
@@ -917,6 +917,36 @@ def _gemm_fn(dt):
     return _blas.address("f" if dt.itemsize == 4 else "d")
 
 
+def _gemm(a, b, out=None):
+    """a @ b as the jitted replay computes a native record's product (kernels/smallgemm.py's Note
+    [small gemm]: the same bits), for the NumPy closures that hooks, anomaly mode and the printer
+    run; np.matmul for what the replay leaves to BLAS and for what no native record computes."""
+    dt = a.dtype
+    if a.ndim != 2 or b.ndim != 2 or b.dtype != dt or dt.kind != "f" or dt.itemsize not in (4, 8):
+        return np.matmul(a, b, out=out)
+    (m, k), n = a.shape, b.shape[1]
+    if not 0 < m * n * k <= config.SMALL_GEMM_MAX:
+        return np.matmul(a, b, out=out)
+    isz = dt.itemsize
+    as0, as1 = a.strides[0] // isz, a.strides[1] // isz
+    bs0, bs1 = b.strides[0] // isz, b.strides[1] // isz
+    if min(as0, as1, bs0, bs1) < 0 or not (bs1 == 1 or n == 1 or bs0 == 1 or k == 1) or \
+            any(st % isz for st in a.strides + b.strides):
+        return np.matmul(a, b, out=out)
+    o = out if out is not None and out.flags.c_contiguous and out.dtype == dt else np.empty((m, n), dt)
+    (_R().matmul_f32 if isz == 4 else _R().matmul_f64)(_gemm_fn(D.from_numpy_dtype(dt)), m, n, k, a.ctypes.data,
+                                                        as0, as1, b.ctypes.data, bs0, bs1, o.ctypes.data)
+    if out is not None and o is not out:
+        out[...] = o
+        return out
+    return o
+
+
+def _R():
+    from ..kernels import replay_cpu
+    return replay_cpu
+
+
 def _mm_native(out, a, b, bias=None):
     """The descriptor of out = a @ b (kind 2), or of out = a @ b.T + bias (kind 1), or None."""
     if not _native_ok(out, [a, b] + ([bias] if bias is not None else [])):
@@ -955,12 +985,12 @@ def addmm(bias, x, w_t_src, transpose_w=True):
     bsh = bias._shape
 
     def fwd(o, bv, xv, wv):
-        np.matmul(xv, wv.T, out=o)
+        _gemm(xv, wv.T, out=o)
         o += bv
 
     def bwd(g, o, bv, xv, wv, needs=(True, True, True)):
-        return (sum_to(g, bsh) if needs[0] else None, g @ wv if needs[1] else None,
-                g.T @ xv if needs[2] else None)
+        return (sum_to(g, bsh) if needs[0] else None, _gemm(g, wv) if needs[1] else None,
+                _gemm(g.T, xv) if needs[2] else None)
     fwd.writes_out = True
     bwd.needs_aware = True
     return record("addmm", out, [bias, x, w], fwd, bwd, native=_mm_native(out, x, w, bias))

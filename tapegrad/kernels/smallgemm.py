@@ -1,0 +1,170 @@
+"""Small matrix products without packing: ``C (+)= A B`` for operands that fit in cache.
+
+Note [small gemm]
+~~~~~~~~~~~~~~~~~
+OpenBLAS copies ("packs") both operands into panels before every product. For the
+products of a small network (W4's 16x64 @ 64x64, its weight gradients 64x16 @ 16x64)
+the copies cost as much as the arithmetic: perf on a W4 captured step gave
+sgemm_kernel 30% of the samples and sgemm_incopy/itcopy/otcopy/oncopy 27%.
+Here B's rows are read in place and A's elements are broadcast from wherever
+A's strides put them: a register-blocked micro-kernel of 4 rows by two vectors
+(16 float32 / 8 float64 columns; 8 accumulators), written in LLVM IR
+(``llvm.fma`` on vectors) because Numba's loops do not keep a block of C in
+registers. When B's columns are contiguous instead (``x @ W.T``), B is first
+copied transposed (``small_gemm_bt_*``: k*n moves against m*n*k multiply-adds;
+64x64: 0.6 us, against the 1.2 us it saves).
+
+Every element of C is one chain ``acc = fma(a_p, b_p, acc)`` over p in order
+from acc = 0, then ``C = acc`` or ``C = C + acc`` (columns left over from the
+vectors: the same chain in a scalar loop). So an element's bits depend on its
+row of A and column of B only: not on the layouts, the blocking, where the
+element falls, or on which of C = A B and C.T = B.T A.T is computed (Note
+[folded transposes] in kernels/lifetime.py relies on it). The native records'
+NumPy closures compute with the same kernels (``ops/pyops.py``'s ``_gemm``), so
+hooks and anomaly mode change no bits either.
+
+Used by the replay's ``_rm_gemm_*`` when alpha is 1, beta is 0 or 1 and
+m*n*k <= SMALL_GEMM_MAX (config); otherwise BLAS. The choice depends on the
+shapes only. (On a CPU without FMA, llvm.fma is a libm call: slow, same bits.)
+"""
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..config import NJIT_INNER
+
+_I64 = ir.IntType(64)
+
+
+def _micro(rows, nvec, is64):
+    """The micro-kernel intrinsic: C[rows x nvec*W] (+)= A[rows x k] B[k x nvec*W]."""
+    width = 4 if is64 else 8
+    isz = 8 if is64 else 4
+
+    @intrinsic
+    def micro(typingctx, pa, as0, as1, pb, bs0, pc, ldc, k, accumulate):
+        sig = types.void(pa, as0, as1, pb, bs0, pc, ldc, k, accumulate)
+
+        def codegen(context, builder, signature, args):
+            pa_, as0_, as1_, pb_, bs0_, pc_, ldc_, k_, acc_ = [
+                context.cast(builder, v, t, types.int64) if t != types.boolean else v
+                for v, t in zip(args, signature.args)]
+            fty = ir.DoubleType() if is64 else ir.FloatType()
+            vty = ir.VectorType(fty, width)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                                 f"llvm.fma.v{width}f{64 if is64 else 32}")
+            zero = ir.Constant(vty, [0.0] * width)
+            undef = ir.Constant(vty, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nvec)] for _ in range(rows)]
+            for row in accs:
+                for a in row:
+                    builder.store(zero, a)
+
+            def at(base, idx, ty):
+                # base + idx * isz, as a pointer to ty
+                addr = builder.add(base, builder.mul(idx, ir.Constant(_I64, isz)))
+                return builder.inttoptr(addr, ty.as_pointer())
+
+            with cgutils.for_range(builder, k_) as loop:
+                p = loop.index
+                brow = builder.mul(p, bs0_)
+                bv = [builder.load(at(pb_, builder.add(brow, ir.Constant(_I64, v * width)), vty), align=isz)
+                      for v in range(nvec)]
+                pcol = builder.mul(p, as1_)
+                for r in range(rows):
+                    ai = builder.add(builder.mul(ir.Constant(_I64, r), as0_), pcol)
+                    a = builder.load(at(pa_, ai, fty), align=isz)
+                    av = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
+                                                undef, splat)
+                    for v in range(nvec):
+                        slot = accs[r][v]
+                        builder.store(builder.call(fma, [av, bv[v], builder.load(slot)]), slot)
+            for r in range(rows):
+                for v in range(nvec):
+                    ci = builder.add(builder.mul(ir.Constant(_I64, r), ldc_), ir.Constant(_I64, v * width))
+                    cp = at(pc_, ci, vty)
+                    acc = builder.load(accs[r][v])
+                    old = builder.load(cp, align=isz)
+                    builder.store(builder.select(acc_, builder.fadd(old, acc), acc), cp, align=isz)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return micro
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma), a scalar float."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fty = args[0].type
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty] * 3),
+                                            "llvm.fma.f64" if a == types.float64 else "llvm.fma.f32")
+        return builder.call(fn, args)
+    return a(a, b, c), codegen
+
+
+_M4x2_32, _M1x2_32, _M4x1_32, _M1x1_32 = (_micro(r, v, False) for r, v in ((4, 2), (1, 2), (4, 1), (1, 1)))
+_M4x2_64, _M1x2_64, _M4x1_64, _M1x1_64 = (_micro(r, v, True) for r, v in ((4, 2), (1, 2), (4, 1), (1, 1)))
+
+
+def _driver(m4x2, m1x2, m4x1, m1x1, width, isz, ptr, ty):
+    @njit(**NJIT_INNER)
+    def small_gemm(m, n, k, pa, as0, as1, pb, bs0, pc, accumulate):  # pragma: no cover
+        """C (m x n, row-major, contiguous) = A B, or C + A B when accumulate; A (m x k) by element
+        strides, B (k x n) with contiguous rows bs0 elements apart."""
+        j0 = 0
+        while j0 + 2 * width <= n:
+            i0 = 0
+            while i0 + 4 <= m:
+                m4x2(pa + i0 * as0 * isz, as0, as1, pb + j0 * isz, bs0, pc + (i0 * n + j0) * isz, n, k, accumulate)
+                i0 += 4
+            while i0 < m:
+                m1x2(pa + i0 * as0 * isz, as0, as1, pb + j0 * isz, bs0, pc + (i0 * n + j0) * isz, n, k, accumulate)
+                i0 += 1
+            j0 += 2 * width
+        if j0 + width <= n:
+            i0 = 0
+            while i0 + 4 <= m:
+                m4x1(pa + i0 * as0 * isz, as0, as1, pb + j0 * isz, bs0, pc + (i0 * n + j0) * isz, n, k, accumulate)
+                i0 += 4
+            while i0 < m:
+                m1x1(pa + i0 * as0 * isz, as0, as1, pb + j0 * isz, bs0, pc + (i0 * n + j0) * isz, n, k, accumulate)
+                i0 += 1
+            j0 += width
+        if j0 < n:
+            A = ptr(pa)
+            B = ptr(pb)
+            C = ptr(pc)
+            for i in range(m):
+                for j in range(j0, n):
+                    acc = ty(0.0)
+                    for p in range(k):
+                        acc = _fma(A[i * as0 + p * as1], B[p * bs0 + j], acc)
+                    C[i * n + j] = C[i * n + j] + acc if accumulate else acc
+    @njit(**NJIT_INNER)
+    def small_gemm_bt(m, n, k, pa, as0, as1, pb, bs1, pc, accumulate):  # pragma: no cover
+        """small_gemm for B (k x n) with contiguous columns bs1 elements apart (B = W.T): its
+        transpose is copied into contiguous rows first (k*n moves against m*n*k multiply-adds)."""
+        P = np.empty(k * n, ty)
+        B = ptr(pb)
+        for p in range(k):
+            for j in range(n):
+                P[p * n + j] = B[p + j * bs1]
+        small_gemm(m, n, k, pa, as0, as1, P.ctypes.data, n, pc, accumulate)
+    return small_gemm, small_gemm_bt
+
+
+def _make():
+    from .ptr import f32p, f64p
+    return (_driver(_M4x2_32, _M1x2_32, _M4x1_32, _M1x1_32, 8, 4, f32p, np.float32),
+            _driver(_M4x2_64, _M1x2_64, _M4x1_64, _M1x1_64, 4, 8, f64p, np.float64))
+
+
+(small_gemm_f32, small_gemm_bt_f32), (small_gemm_f64, small_gemm_bt_f64) = _make()

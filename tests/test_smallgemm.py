@@ -1,0 +1,136 @@
+"""kernels/smallgemm.py (Note [small gemm]): C (+)= A B without packing, for the replay's small
+products. Checked against a float64 NumPy reference over random shapes and layouts (A contiguous,
+transposed or a column slice; B with contiguous rows or contiguous columns), with and without
+accumulation; and for the property the fold and the NumPy closures rely on: an element's bits
+depend on its row of A and column of B only (not on the layout, the blocking, or whether C or
+C.T is computed). Through tapegrad: a product and its NumPy closure (ops/pyops.py's _gemm) agree
+bit for bit, forward and backward, and central differences hold."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from numba import njit
+from hypothesis import strategies as st
+
+import tapegrad as tg
+from tapegrad import config
+from tapegrad.kernels import replay_cpu as R
+from tapegrad.kernels.blas import address
+from tapegrad.kernels.smallgemm import small_gemm_f32
+from tapegrad.ops.pyops import _gemm
+
+
+def _layout(arr, how):
+    """arr's values in layout `how`: 'c' contiguous, 't' a transposed view, 's' a column slice."""
+    if how == "t":
+        return np.ascontiguousarray(arr.T).T
+    if how == "s":
+        wide = np.concatenate([arr, np.full((arr.shape[0], 3), 7.0, arr.dtype)], axis=1)
+        return wide[:, :arr.shape[1]]
+    return np.ascontiguousarray(arr)
+
+
+def _run(a, b, out):
+    """out = a @ b through the replay's product (R.matmul_*, strides in elements)."""
+    isz = a.itemsize
+    fn = address("f" if isz == 4 else "d")
+    m, k = a.shape
+    n = b.shape[1]
+    (R.matmul_f32 if isz == 4 else R.matmul_f64)(fn, m, n, k, a.ctypes.data, a.strides[0] // isz, a.strides[1] // isz,
+                                                 b.ctypes.data, b.strides[0] // isz, b.strides[1] // isz,
+                                                 out.ctypes.data)
+    return out
+
+
+dims = st.integers(1, 40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=dims, n=dims, k=dims, la=st.sampled_from("cts"), lb=st.sampled_from("ct"), f64=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_against_numpy(m, n, k, la, lb, f64, seed):
+    dt = np.float64 if f64 else np.float32
+    rng = np.random.default_rng(seed)
+    A0, B0 = rng.standard_normal((m, k)).astype(dt), rng.standard_normal((k, n)).astype(dt)
+    out = np.full((m, n), np.nan, dt)          # beta 0: what was there is not read
+    got = _run(_layout(A0, la), _layout(B0, lb), out)
+    ref = A0.astype(np.float64) @ B0.astype(np.float64)
+    tol = 1e-5 if dt == np.float32 else 1e-13
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.sqrt(k) * max(1.0, np.abs(ref).max()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=dims, n=dims, k=dims, f64=st.booleans(), seed=st.integers(0, 2**16))
+def test_bits_depend_on_the_operands_only(m, n, k, f64, seed):
+    """C = A B and (B.T A.T).T, any layout of either, each row alone: the same bits."""
+    dt = np.float64 if f64 else np.float32
+    rng = np.random.default_rng(seed)
+    A0, B0 = rng.standard_normal((m, k)).astype(dt), rng.standard_normal((k, n)).astype(dt)
+    C = _run(A0, B0, np.empty((m, n), dt))
+    for la in "cts":
+        for lb in "ct":
+            np.testing.assert_array_equal(_run(_layout(A0, la), _layout(B0, lb), np.empty((m, n), dt)), C)
+    Ct = _run(_layout(B0.T, "t"), _layout(A0.T, "c"), np.empty((n, m), dt))
+    np.testing.assert_array_equal(Ct.T, C)
+    i = int(rng.integers(m))
+    np.testing.assert_array_equal(_run(A0[i:i + 1], B0, np.empty((1, n), dt))[0], C[i])
+
+
+def test_accumulate_is_one_addition():
+    """Backward products accumulate: C + (A B), the product rounded first, as a separate add."""
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((9, 20)).astype(np.float32), rng.standard_normal((20, 33)).astype(np.float32)
+    C0 = rng.standard_normal((9, 33)).astype(np.float32)
+    P = _run(A, B, np.empty((9, 33), np.float32))
+    C = C0.copy()
+    _accumulate(A, B, C)
+    np.testing.assert_array_equal(C, C0 + P)
+
+
+@njit
+def _accumulate(A, B, C):
+    small_gemm_f32(9, 33, 20, A.ctypes.data, 20, 1, B.ctypes.data, 33, C.ctypes.data, True)
+
+
+def test_numpy_helper_is_the_kernel():
+    """ops/pyops.py's _gemm (the native records' NumPy closures) gives the kernel's bits; above
+    SMALL_GEMM_MAX it is NumPy's matmul."""
+    rng = np.random.default_rng(4)
+    A, B = rng.standard_normal((16, 64)).astype(np.float32), rng.standard_normal((64, 48)).astype(np.float32)
+    np.testing.assert_array_equal(_gemm(A, B), _run(A, B, np.empty((16, 48), np.float32)))
+    np.testing.assert_array_equal(_gemm(A.T.copy().T, B.T.copy().T), _gemm(A, B))
+    big = rng.standard_normal((128, 128)).astype(np.float32), rng.standard_normal((128, 128)).astype(np.float32)
+    assert 128 ** 3 > config.SMALL_GEMM_MAX
+    np.testing.assert_array_equal(_gemm(*big), np.matmul(*big))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_hooked_product_same_bits(dtype):
+    """A hook on a product's output makes Python run its backward (the NumPy closure): the same
+    gradients, bit for bit, as the jitted replay's."""
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((12, 20)), rng.standard_normal((20, 24))
+
+    def run(hook):
+        X = tg.tensor(x, dtype=getattr(tg, dtype), requires_grad=True)
+        W = tg.tensor(w, dtype=getattr(tg, dtype), requires_grad=True)
+        y = X @ W
+        if hook:
+            y.register_hook(lambda g: None)
+        (y.tanh() * 3).sum().backward()
+        return X.grad.numpy().copy(), W.grad.numpy().copy()
+    for a, b in zip(run(False), run(True)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_central_differences_float64():
+    """A small product's gradient against float64 central differences in a random direction."""
+    rng = np.random.default_rng(6)
+    x, w, d = rng.standard_normal((7, 9)), rng.standard_normal((5, 9)), rng.standard_normal((5, 9))
+
+    def loss(wv):
+        return float(np.sin(x @ wv.T).sum())
+    W = tg.tensor(w, dtype=tg.float64, requires_grad=True)
+    tg.sin(tg.tensor(x, dtype=tg.float64) @ W.T).sum().backward()
+    eps = 1e-6
+    fd = (loss(w + eps * d) - loss(w - eps * d)) / (2 * eps)
+    assert abs(float((W.grad.numpy() * d).sum()) - fd) < 1e-7 * max(1.0, abs(fd))
