@@ -21,7 +21,7 @@ THREADS_PER_BLOCK = 256
 FLUSH_BOUND = 1 << 15
 #: matrix products of at most this many multiply-adds (m*n*k) whose B has contiguous rows run
 #: in kernels/smallgemm.py (no packing), larger ones in BLAS
-SMALL_GEMM_MAX = 1 << 20
+SMALL_GEMM_MAX = 1 << 18
 #: bytes per arena slab; larger tensors get a buffer of their own
 SLAB_BYTES = 1 << 20
 #: run matrix products and mse_loss inside the jitted replay (ops/pyops.py's Note [native
