@@ -96,6 +96,7 @@ class _Program:
         outs = set(T[:, 2].tolist())
         del T, _
         t.edges = TAPE.edges    # escape records' producer lists (the tape only appends to it)
+        t.permuted = TAPE.permuted   # (its backward folds the transposes the eager one folds)
         t.py = {g: rec for g, rec in TAPE.py.items() if r0 <= g < r1}
         for name in ("leaf_addr", "leaf_nbytes", "leaf_state", "leaf_buf", "leaf_owner", "leaf_hooks"):
             setattr(t, name, getattr(TAPE, name))    # gradients go to the real leaves' slots

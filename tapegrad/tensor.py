@@ -341,6 +341,8 @@ class Tensor:
 
     @property
     def T(self):
+        if len(self._shape) == 2:      # a matrix's transpose (x @ W.T): straight to the view record
+            return P.view_op("permute", self, _SWAP2, perm=_PERM2)
         return self.permute(*reversed(range(self.dim())))
 
     @property
@@ -683,6 +685,13 @@ def _empty(shape, dt, n=-1):
 
 _new = object.__new__
 _alloc = ARENA.alloc
+
+
+_PERM2 = (1, 0)
+
+
+def _SWAP2(v):
+    return np.transpose(v, _PERM2)
 
 
 def _wrap_dim(dim, ndim):

@@ -276,3 +276,31 @@ def test_fold_through_blas():
             np.testing.assert_allclose(a, b, rtol=u, atol=u * np.abs(b).max())
             np.testing.assert_allclose(a, c, rtol=1e-4 if dtype == np.float32 else 1e-10,
                                        atol=(1e-4 if dtype == np.float32 else 1e-10) * np.abs(c).max())
+
+
+def test_captured_step_folds_as_eager():
+    """A captured step plans its backward on a private tape: the views fold there too (the same
+    rows, the same plan as the eager pass)."""
+    rng = np.random.default_rng(7)
+    W = tg.tensor(rng.standard_normal((6, 4)).astype(np.float32), requires_grad=True)
+    views = []
+
+    def step(x):
+        v = W.T
+        views.append(v._rec)
+        loss = (x @ v).tanh().sum()
+        loss.backward()
+        return loss
+
+    st = tg.capture(step)
+    for i in range(3):
+        W.grad = None
+        st(tg.tensor(rng.standard_normal((5, 4)).astype(np.float32)))
+    progs = [p for k, p in st.programs.items() if k[0] != "refused"]
+    assert len(progs) == 1 and st.stats["replayed"] == 2
+    prog = progs[0]
+    plans = [p[2] for k, _, p in prog.events if k == "backward"]
+    assert len(plans) == 1
+    v = views[0] - prog.tape.base
+    assert plans[0].gaddr[v] == 0, "the captured plan keeps the view"
+    assert plans[0].gaddr[v + 1] != 0      # the product

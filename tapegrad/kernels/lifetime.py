@@ -125,12 +125,31 @@ def _fold_transposes(T, edges, need, lo, base, keep, roots):  # pragma: no cover
 
 
 @njit(**NJIT)
-def mark_all(T, edges, roots, base, fold, keep):  # pragma: no cover
+def fold_transposes(T, edges, need, idx, base, keep, roots):  # pragma: no cover
+    """Note [folded transposes] on mark_all's marks (need, idx), except where a product or its
+    view is one of the global records `keep` or a root; returns idx without the folded views.
+    (Its own function: compiled only once a tape has recorded a permutation, not for every
+    first backward: it cost 0.5 s of mark_all's cold compile.)"""
+    if _fold_transposes(T, edges, need, idx[0], base, keep, roots) == 0:
+        return idx
+    k = 0
+    for i in idx:
+        if need[i] != 0:
+            k += 1
+    out = np.empty(k, np.int64)
+    k = 0
+    for i in idx:
+        if need[i] != 0:
+            out[k] = i
+            k += 1
+    return out
+
+
+@njit(**NJIT)
+def mark_all(T, edges, roots, base):  # pragma: no cover
     """(need, total, low, idx) of a backward from the global records `roots` (int64 array):
     replay_cpu.mark's marks and results, and idx the physical indices of the marked records,
-    ascending (empty when total < 0: a freed record was reached). fold: apply Note [folded
-    transposes], except where a product or its view is one of the global records `keep` or a
-    root."""
+    ascending (empty when total < 0: a freed record was reached)."""
     root = roots[0]
     for r in roots:
         root = max(root, r)
@@ -143,8 +162,6 @@ def mark_all(T, edges, roots, base, fold, keep):  # pragma: no cover
     total, low = R.mark(T, edges, root, base, base, need, left)
     if total < 0:
         return need, total, low, np.zeros(0, np.int64)
-    if fold:
-        _fold_transposes(T, edges, need, low - base, base, keep, roots)
     k = 0
     for i in range(low - base, need.shape[0]):
         if need[i] != 0:

@@ -265,6 +265,8 @@ def view_op(name, x, vf, bwd=None, perm=None):
                 return (gx,)
         record(name, out, [x], lambda xv: None, bwd, saves=False, lin=lambda ts, o, ivs: vf(ts[0]),
                native=_view_native(out, x, vf, perm))
+        if perm is not None:
+            TAPE.permuted = True
     return out
 
 

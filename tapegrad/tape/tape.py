@@ -110,7 +110,15 @@ class PyRec:
         r._lin, r.raw = lin, vjp
         r._fn, r._needs = fn, needs
         r._writes = getattr(fn, "writes_out", False)
-        r._vs = tuple(v for t in ins for v in (t._base, t._addr, t._shape, t._stride, t._dtype.np))
+        if len(ins) == 1:       # (spelt out: a generator here was a tenth of W4's eager step)
+            a = ins[0]
+            r._vs = (a._base, a._addr, a._shape, a._stride, a._dtype.np)
+        elif len(ins) == 2:
+            a, b = ins
+            r._vs = (a._base, a._addr, a._shape, a._stride, a._dtype.np, b._base, b._addr, b._shape, b._stride,
+                     b._dtype.np)
+        else:
+            r._vs = tuple([v for t in ins for v in (t._base, t._addr, t._shape, t._stride, t._dtype.np)])
         r._vo = (out._base, out._addr, out._shape, out._stride, out._dtype.np)
         return r
 
@@ -288,6 +296,7 @@ class Tape:
         self.capture = None        # tapegrad.capture's log while a step is captured
         self.inputs_cache = None   # a captured step's private tape: physical index -> inputs_of
         self._one_root = np.zeros(1, np.int64)   # mark_roots's argument for a single root
+        self.permuted = False     # a permutation view was recorded (mark_roots: Note [folded transposes])
         self.frozen = None         # a captured step's private tape: its (T, C) views, made once
         self._scratch = None       # the running pass's gradient scratch (TAPEGRAD_DEBUG checks addresses in it)
         self._views = None         # (T, C, buf): int64/float64 views of all of buf, made once (cols)
@@ -776,13 +785,16 @@ class Tape:
             ra[0] = roots[0]
         else:
             ra = np.array(roots, np.int64)
-        fold = fold and not self.detect_anomaly
-        ka = (np.array([*self.hooks, *self.retained, *(keep or ())], np.int64)
-              if fold and (self.hooks or self.retained or keep) else _NO_RECORDS)
-        need, total, low, idx = _lifetime.mark_all(T, self.edges_np(), ra, base, fold, ka)
+        E = self.edges_np()
+        need, total, low, idx = _lifetime.mark_all(T, E, ra, base)
         if total < 0:
-            del T, C
+            del T, C, E
             raise RuntimeError(SECOND_TIME)
+        if fold and self.permuted and not self.detect_anomaly:
+            ka = (np.array([*self.hooks, *self.retained, *(keep or ())], np.int64)
+                  if self.hooks or self.retained or keep else _NO_RECORDS)
+            idx = _lifetime.fold_transposes(T, E, need, idx, base, ka, ra)
+        del E
         try:
             if self.inplace_log:
                 self._check_versions(T, idx, base)
