@@ -12,7 +12,8 @@ A's strides put them: a register-blocked micro-kernel of 4 rows by two vectors
 (``llvm.fma`` on vectors) because Numba's loops do not keep a block of C in
 registers. When B's columns are contiguous instead (``x @ W.T``), B is first
 copied transposed (``small_gemm_bt_*``: k*n moves against m*n*k multiply-adds;
-64x64: 0.6 us, against the 1.2 us it saves).
+64x64: 0.6 us, against the 1.2 us it saves), or A is and C.T = W A.T is computed,
+whichever moves less (W4's 16-row batches: A).
 
 Every element of C is one chain ``acc = fma(a_p, b_p, acc)`` over p in order
 from acc = 0, then ``C = acc`` or ``C = C + acc`` (columns left over from the
@@ -155,10 +156,29 @@ def _driver(m4x2, m1x2, m4x1, m1x1, width, isz, ptr, ty):
 
     @njit(**NJIT_INNER)
     def small_gemm_bt(m, n, k, pa, as0, as1, pb, bs1, pc, accumulate):  # pragma: no cover
-        """small_gemm for B (k x n) with contiguous columns bs1 elements apart (B = W.T): its
-        transpose is copied into contiguous rows first (k*n moves against m*n*k multiply-adds)."""
-        P = np.empty(k * n, ty)
+        """small_gemm for B (k x n) with contiguous columns bs1 elements apart (B = W.T). Either B's
+        transpose is copied into rows (k*n moves), or, when that moves less, A's transpose is, and
+        the product is computed as C.T = W A.T and stored transposed (m*k + m*n moves): the same
+        chains of fma (a * b = b * a), so the same bits."""
         B = ptr(pb)
+        if m * (k + n) < k * n:
+            A = ptr(pa)
+            Q = np.empty(k * m, ty)
+            for i in range(m):
+                for p in range(k):
+                    Q[p * m + i] = A[i * as0 + p * as1]
+            D = np.empty(n * m, ty)
+            small_gemm(n, m, k, pb, bs1, 1, Q.ctypes.data, m, D.ctypes.data, False)
+            C = ptr(pc)
+            for i in range(m):
+                if accumulate:
+                    for j in range(n):
+                        C[i * n + j] = C[i * n + j] + D[j * m + i]
+                else:
+                    for j in range(n):
+                        C[i * n + j] = D[j * m + i]
+            return
+        P = np.empty(k * n, ty)
         for p in range(k):
             for j in range(n):
                 P[p * n + j] = B[p + j * bs1]
