@@ -15,6 +15,7 @@ Two record paths:
 """
 import math
 import numbers
+import struct
 import warnings
 import weakref
 
@@ -27,7 +28,7 @@ from . import autograd as _autograd   # (its own imports of this module are late
 from .autograd.grad_mode import _STATE as _GRAD
 from .ops import pyops as P
 from .ops.table import OPS
-from .storage import ARENA, EXPOSED, root_of, view as _view
+from .storage import ARENA, EXPOSED, base_address as _base_address, root_of, view as _view
 from .tape.tape import ALIVE as _ALIVE, PACK as _PACK, ROW as _ROW, TAPE
 
 _OP = {name: spec.opcode for name, spec in OPS.items()}
@@ -370,6 +371,15 @@ class Tensor:
     def item(self):
         if self._n != 1:
             raise RuntimeError(f"a Tensor with {self._n} elements cannot be converted to Scalar")
+        code = self._dtype.code
+        base = self._base
+        if code <= 1 and self._np is None and base.dtype is _U8:
+            # a float in an arena slab (loss.item() of a training loop): read its bytes, no NumPy view
+            if TAPE.flushed < TAPE.next_index:
+                TAPE.flush()
+            if TAPE.capture is not None:
+                TAPE.capture.read(self)
+            return _ITEM[code](base, self._addr - _base_address(base))[0]
         return self._values().reshape(-1)[0].item()
 
     def tolist(self):
@@ -684,6 +694,8 @@ def _empty(shape, dt, n=-1):
 
 
 _new = object.__new__
+_U8 = np.dtype(np.uint8)
+_ITEM = (struct.Struct("=f").unpack_from, struct.Struct("=d").unpack_from)   # by dtype code (float32, float64)
 _alloc = ARENA.alloc
 
 
