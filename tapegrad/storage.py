@@ -1,10 +1,13 @@
 """Arena: storage that never moves (DESIGN invariant 4).
 
-Tensor values live in 1-D uint8 *slabs*. A slab is allocated once, filled by
-bumping an offset, and never grown or reused in place: when it is full a new
-slab follows. A tensor keeps a reference to its slab (``Tensor._base``), so a
-slab is freed by reference counting when its last tensor (and the tape's last
-record that addresses it) is gone. A slab's address is read once (reading
+Tensor values live in 1-D uint8 *slabs*. A slab is filled by bumping an
+offset and never grown: when it is full a new slab follows. A tensor keeps a
+reference to its slab (``Tensor._base``), so a slab is freed by reference
+counting when its last tensor (and the tape's last record that addresses it) is
+gone. NOTE: a slab the tape lets go of is kept as a *spare* (``Arena.recycle``),
+and the next new slab is a spare that nothing references any more, zeroed:
+a fresh 1 MB slab cost ~0.3 ms in page faults, and a training loop of 128x256
+activations (W2) made one every other step (about 15% of its eager step). A slab's address is read once (reading
 ``ndarray.ctypes.data`` costs ~1.8 us); a tensor's address is that plus an
 offset, a 25 ns integer add.
 
@@ -19,13 +22,14 @@ import numpy as np
 from . import config
 
 _ALIGN = 64  # bytes; every allocation starts on a cache line (SIMD-friendly)
+_SPARES = 16  # slabs kept for reuse at most
 
 
 class Arena:
     """Bump allocator over slabs. ``retire`` (set by the tape) is called with
     every slab that stops being current and with every own buffer, so that
     pending records whose tensors already died still write into live memory."""
-    __slots__ = ("slab", "addr", "off", "size", "retire", "pool", "reclaim", "adopt")
+    __slots__ = ("slab", "addr", "off", "size", "retire", "pool", "reclaim", "adopt", "spare")
 
     def __init__(self):
         self.slab = None
@@ -36,6 +40,7 @@ class Arena:
         self.pool = []     # large buffers, reused once nothing else references them
         self.reclaim = None  # set by the tape: let go of buffers only dead records still hold
         self.adopt = None    # set by the tape: a slab becomes current (records may use it from now on)
+        self.spare = []      # slabs the tape let go of: reused once nothing else references them
 
     def _big(self, nbytes, zero=True):
         """A large buffer: reuse a pooled one of the same size that no tensor,
@@ -72,7 +77,23 @@ class Arena:
             del pool[0]
         return buf, addr
 
+    def recycle(self, slab):
+        """The tape no longer needs `slab` (no live record may use it): keep it as a spare."""
+        spare = self.spare
+        if slab.nbytes == config.SLAB_BYTES and slab is not self.slab and not any(s is slab for s in spare):
+            spare.append(slab)
+            if len(spare) > _SPARES:
+                del spare[0]
+
     def _new_slab(self, nbytes):
+        spare = self.spare
+        if nbytes == config.SLAB_BYTES:
+            for i in range(len(spare)):
+                if sys.getrefcount(spare[i]) <= 2:    # (the list and the argument): no tensor, view or record
+                    slab = spare.pop(i)
+                    slab.fill(0)
+                    EXPOSED.discard(id(slab))       # (no NumPy view of it is left either)
+                    return slab, base_address(slab)
         slab = np.zeros(nbytes, dtype=np.uint8)
         addr = slab.ctypes.data
         _remember(slab, addr)

@@ -308,11 +308,55 @@ def edges_bounded_while_steps_live(depth=1):
     del loss
 
 
+def big_activations_few_slabs():
+    """A loop of few records and large activations (W2's shape: an MLP on 128 x 256 batches, a
+    handful of records a step, half a slab of activations): the slabs held stay few, and new
+    slabs are old ones reused (measured from outside: weak references to every slab seen, and
+    the process's peak memory through tracemalloc of NumPy's allocations)."""
+    rng = np.random.default_rng(3)
+    X = tg.tensor(rng.standard_normal((128, 64)).astype(np.float32))
+    W1 = tg.tensor((rng.standard_normal((256, 64)) * 0.1).astype(np.float32), requires_grad=True)
+    W2 = tg.tensor((rng.standard_normal((10, 256)) * 0.1).astype(np.float32), requires_grad=True)
+    watch = SlabWatch()
+
+    def step():
+        h = tg.relu(X @ W1.T)
+        loss = ((h @ W2.T) ** 2).mean()
+        loss.backward()
+        with tg.no_grad():
+            for p in (W1, W2):
+                p -= 1e-4 * p.grad
+                p.grad = None
+        return loss
+
+    start = TAPE.next_index
+    seen, fresh, current = [], 0, None     # weak references to the slabs seen current
+    tracemalloc.start()
+    for i in range(600):
+        step()
+        s = ARENA.slab
+        if s is not None and s is not current:
+            current = s
+            if not any(r() is s for r in seen):
+                fresh += 1
+                seen.append(weakref.ref(s))
+            del s
+        watch.see()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rows = (TAPE.next_index - start) / 600
+    assert rows < 20, f"{rows:.0f} records a step: the case means few"
+    assert len(TAPE.keep) <= 16, f"the tape keeps {len(TAPE.keep)} slabs"
+    assert watch.alive() <= 40, f"{watch.alive()} slabs alive after 600 steps"
+    assert peak < 64 << 20, f"peak traced memory {peak >> 20} MB"
+    assert fresh < 60, f"{fresh} new slabs became current in 600 steps: few are reused"
+
+
 PASSING = ["training_loop_tape_and_memory_flat('none')", "training_loop_tape_and_memory_flat('zero_')",
            "no_grad_loop_never_reading_stays_flat()", "dropped_graph_is_freed()",
            "backwarded_and_retained_graphs_are_freed()", "leaf_slots_are_reused()", "tensors_outlive_the_tape()",
            "held_node_keeps_its_graph()", "edges_bounded_while_steps_live()",
-           "edges_bounded_while_steps_live(depth=12)"]
+           "edges_bounded_while_steps_live(depth=12)", "big_activations_few_slabs()"]
 
 
 def run_all(calls):

@@ -422,6 +422,12 @@ def test_edges_bounded_while_steps_live(lifetime_results, call):
     _check(lifetime_results, call)
 
 
+def test_big_activations_few_slabs(lifetime_results):
+    """Few records a step, big activations: slabs are let go of as soon as no live row uses them,
+    and reused (storage.py's spares)."""
+    _check(lifetime_results, "big_activations_few_slabs()")
+
+
 def test_dropped_graph_is_freed(lifetime_results):
     _check(lifetime_results, "dropped_graph_is_freed()")
 

@@ -43,7 +43,7 @@ from ..kernels import lifetime as _lifetime
 from ..kernels import opfn as _opfn
 from ..kernels import replay_cpu as R
 from ..ops.table import BY_OPCODE, NCOL, OPS, PY
-from ..storage import ARENA, byte_span, view
+from ..storage import ARENA, base_address, byte_span, view
 
 _PKG_DIR = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
 ROW = NCOL * 8
@@ -592,16 +592,35 @@ class Tape:
         lv = live.tobytes()     # (indexing bytes: ~30 ns an entry; a NumPy scalar: ~300)
         for g in [g for g in self.py if g - base < n and g < flushed and not lv[g - base]]:
             del self.py[g]
-        cum = np.concatenate(([0], np.cumsum(live, dtype=np.int64)))
-        end = self.next_index
-        for key, (buf, first, last) in list(self.keep.items()):
-            if buf is ARENA.slab or last + 4096 >= end:
-                continue            # the current slab, or records may still come that use it
-            lo_, hi_ = max(first, base) - base, min(last + 4096, end - 1) - base
-            if hi_ < lo_ or cum[hi_ + 1] - cum[lo_] == 0:
+        cand = [(key, buf) for key, (buf, _, _) in self.keep.items() if buf is not ARENA.slab]
+        if not cand:
+            return
+        # NOTE: a slab goes when no live row addresses it. Its (first, last) range is padded by a
+        # segment (keep_alive), and a loop of few records and large tensors (W2: 7 a step, half
+        # a slab of activations) held ~340 slabs for those 4096 records. Escape records hold
+        # their operands' slabs themselves; a tensor that records may use later holds its slab,
+        # and its next record keeps the slab again (last_kept is cleared here).
+        T, _ = self.cols()
+        try:
+            rows = np.flatnonzero(live)
+            A = T[rows, 2:5]
+            A[(T[rows, 0] >> 5) == PY, 1:] = 0      # an escape row's columns 3, 4 are offsets in edges
+        finally:
+            del T, _
+        addrs = np.unique(A)
+        los = np.array([base_address(buf) for _, buf in cand], np.int64)
+        his = los + np.array([buf.nbytes for _, buf in cand], np.int64)
+        if len(addrs):
+            at = np.searchsorted(addrs, los)
+            hit = (at < len(addrs)) & (addrs[np.minimum(at, len(addrs) - 1)] < his)
+        else:
+            hit = np.zeros(len(cand), np.bool_)
+        for (key, buf), h in zip(cand, hit.tolist()):
+            if not h:
                 del self.keep[key]
                 if buf is self.last_kept:
                     self.last_kept = None
+                ARENA.recycle(buf)
 
     def _drop(self, k):
         rest = self.n - k
@@ -621,7 +640,7 @@ class Tape:
         for g in [g for g in self.py if g < base]:
             del self.py[g]
         for key in [key for key, e in self.keep.items() if e[2] + 4096 < base and e[0] is not ARENA.slab]:
-            del self.keep[key]
+            ARENA.recycle(self.keep.pop(key)[0])
         for g in [g for g in self.retained if g < base]:
             del self.retained[g]
         for d in (self.anomaly, self.hooks):
