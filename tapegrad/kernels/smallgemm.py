@@ -104,29 +104,35 @@ _M4x2_32, _M1x2_32, _M4x1_32, _M1x1_32 = (_micro(r, v, False) for r, v in ((4, 2
 _M4x2_64, _M1x2_64, _M4x1_64, _M1x1_64 = (_micro(r, v, True) for r, v in ((4, 2), (1, 2), (4, 1), (1, 1)))
 
 
+def _column_block(m4, m1, isz):
+    """C[:, block] (+)= A B[:, block] for one block of columns (the micro-kernels m4 and m1 give
+    its width): rows four at a time, then one at a time. ldc: C's row stride in elements."""
+    @njit(**NJIT_INNER)
+    def block(m, k, pa, as0, as1, pb, bs0, pc, ldc, accumulate):  # pragma: no cover
+        i0 = 0
+        while i0 + 4 <= m:
+            m4(pa + i0 * as0 * isz, as0, as1, pb, bs0, pc + i0 * ldc * isz, ldc, k, accumulate)
+            i0 += 4
+        while i0 < m:
+            m1(pa + i0 * as0 * isz, as0, as1, pb, bs0, pc + i0 * ldc * isz, ldc, k, accumulate)
+            i0 += 1
+    return block
+
+
 def _driver(m4x2, m1x2, m4x1, m1x1, width, isz, ptr, ty):
+    two = _column_block(m4x2, m1x2, isz)
+    one = _column_block(m4x1, m1x1, isz)
+
     @njit(**NJIT_INNER)
     def small_gemm(m, n, k, pa, as0, as1, pb, bs0, pc, accumulate):  # pragma: no cover
         """C (m x n, row-major, contiguous) = A B, or C + A B when accumulate; A (m x k) by element
         strides, B (k x n) with contiguous rows bs0 elements apart."""
         j0 = 0
         while j0 + 2 * width <= n:
-            i0 = 0
-            while i0 + 4 <= m:
-                m4x2(pa + i0 * as0 * isz, as0, as1, pb + j0 * isz, bs0, pc + (i0 * n + j0) * isz, n, k, accumulate)
-                i0 += 4
-            while i0 < m:
-                m1x2(pa + i0 * as0 * isz, as0, as1, pb + j0 * isz, bs0, pc + (i0 * n + j0) * isz, n, k, accumulate)
-                i0 += 1
+            two(m, k, pa, as0, as1, pb + j0 * isz, bs0, pc + j0 * isz, n, accumulate)
             j0 += 2 * width
         if j0 + width <= n:
-            i0 = 0
-            while i0 + 4 <= m:
-                m4x1(pa + i0 * as0 * isz, as0, as1, pb + j0 * isz, bs0, pc + (i0 * n + j0) * isz, n, k, accumulate)
-                i0 += 4
-            while i0 < m:
-                m1x1(pa + i0 * as0 * isz, as0, as1, pb + j0 * isz, bs0, pc + (i0 * n + j0) * isz, n, k, accumulate)
-                i0 += 1
+            one(m, k, pa, as0, as1, pb + j0 * isz, bs0, pc + j0 * isz, n, accumulate)
             j0 += width
         if j0 < n:     # the last columns: through a zero-padded panel of one vector's width
             w = n - j0
@@ -141,15 +147,7 @@ def _driver(m4x2, m1x2, m4x1, m1x1, width, isz, ptr, ty):
                 for i in range(m):
                     for j in range(w):
                         Cp[i * width + j] = C[i * n + j0 + j]
-            qb = Bp.ctypes.data
-            qc = Cp.ctypes.data
-            i0 = 0
-            while i0 + 4 <= m:
-                m4x1(pa + i0 * as0 * isz, as0, as1, qb, width, qc + i0 * width * isz, width, k, accumulate)
-                i0 += 4
-            while i0 < m:
-                m1x1(pa + i0 * as0 * isz, as0, as1, qb, width, qc + i0 * width * isz, width, k, accumulate)
-                i0 += 1
+            one(m, k, pa, as0, as1, Bp.ctypes.data, width, Cp.ctypes.data, width, accumulate)
             for i in range(m):
                 for j in range(w):
                     C[i * n + j0 + j] = Cp[i * width + j]
