@@ -736,6 +736,9 @@ def maxmin_all(x, is_max):
 # ----- linear algebra --------------------------------------------------------------------
 
 def _mm_shapes(a, b):
+    sa, sb = a._shape, b._shape
+    if len(sa) == 2 and len(sb) == 2 and sa[1] == sb[0]:
+        return (sa[0], sb[1]), "matmul"       # (the usual case first)
     if a.dim() == 0 or b.dim() == 0:
         raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are {a.dim()}D and "
                            f"{b.dim()}D")
@@ -839,9 +842,13 @@ def _gemm_strides(t):
 
 
 def _native_ok(out, ins):
-    if not config.NATIVE or not out._dtype.is_floating_point or out._dtype.itemsize not in (4, 8):
+    dt = out._dtype
+    if not config.NATIVE or dt.code > 1:      # (codes 0, 1: float32, float64)
         return False
-    return all(t._dtype is out._dtype and t._n > 0 for t in ins)
+    for t in ins:
+        if t._dtype is not dt or t._n <= 0:
+            return False
+    return True
 
 
 def _f64_bits(c):
