@@ -22,6 +22,9 @@ FLUSH_BOUND = 1 << 15
 #: matrix products of at most this many multiply-adds (m*n*k) whose B has contiguous rows run
 #: in kernels/smallgemm.py (no packing), larger ones in BLAS
 SMALL_GEMM_MAX = 1 << 18
+#: bytes of one vector in kernels/smallgemm.py's micro-kernel: 0 picks 64 where the CPU has AVX-512,
+#: else 32; TAPEGRAD_VECTOR_BYTES=32 forces the narrow one (the results are the same bits either way)
+VECTOR_BYTES = int(os.environ.get("TAPEGRAD_VECTOR_BYTES", "0") or 0)
 #: bytes per arena slab; larger tensors get a buffer of their own
 SLAB_BYTES = 1 << 20
 #: run matrix products and mse_loss inside the jitted replay (ops/pyops.py's Note [native

@@ -134,3 +134,33 @@ def test_central_differences_float64():
     eps = 1e-6
     fd = (loss(w + eps * d) - loss(w - eps * d)) / (2 * eps)
     assert abs(float((W.grad.numpy() * d).sum()) - fd) < 1e-7 * max(1.0, abs(fd))
+
+
+def test_narrow_vectors_same_bits(tmp_path):
+    """The 32-byte micro-kernel (CPUs without AVX-512; forced here by TAPEGRAD_VECTOR_BYTES, with a
+    cache of its own) gives the bits of the kernel this process runs."""
+    import os
+    import subprocess
+    import sys
+    rng = np.random.default_rng(8)
+    cases = [(int(m), int(n), int(k)) for m, n, k in rng.integers(1, 45, size=(12, 3))]
+    A = [rng.standard_normal((m, k)).astype(np.float32) for m, n, k in cases]
+    B = [rng.standard_normal((k, n)).astype(np.float32) for m, n, k in cases]
+    np.savez(tmp_path / "in.npz", *A, *B)
+    here = [_run(a, b, np.empty((a.shape[0], b.shape[1]), np.float32)) for a, b in zip(A, B)]
+    bt = [_run(a, np.ascontiguousarray(b.T).T, np.empty((a.shape[0], b.shape[1]), np.float32)) for a, b in zip(A, B)]
+    code = (f"import sys, numpy as np; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+            "from tapegrad.kernels import smallgemm; assert smallgemm._VBYTES == 32\n"
+            "from test_smallgemm import _run\n"
+            f"d = np.load({str(tmp_path / 'in.npz')!r}); n = {len(cases)}\n"
+            "A = [d[f'arr_{i}'] for i in range(n)]; B = [d[f'arr_{n + i}'] for i in range(n)]\n"
+            "out = [_run(a, b, np.empty((a.shape[0], b.shape[1]), np.float32)) for a, b in zip(A, B)]\n"
+            "out += [_run(a, np.ascontiguousarray(b.T).T, np.empty((a.shape[0], b.shape[1]), np.float32)) "
+            "for a, b in zip(A, B)]\n"
+            f"np.savez({str(tmp_path / 'out.npz')!r}, *out)\n")
+    env = dict(os.environ, TAPEGRAD_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    for i, want in enumerate(here + bt):
+        np.testing.assert_array_equal(got[f"arr_{i}"], want)

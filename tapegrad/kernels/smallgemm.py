@@ -8,9 +8,9 @@ the copies cost as much as the arithmetic: perf on a W4 captured step gave
 sgemm_kernel 30% of the samples and sgemm_incopy/itcopy/otcopy/oncopy 27%.
 Here B's rows are read in place and A's elements are broadcast from wherever
 A's strides put them: a register-blocked micro-kernel of 4 rows by two vectors
-(16 float32 / 8 float64 columns; 8 accumulators), written in LLVM IR
-(``llvm.fma`` on vectors) because Numba's loops do not keep a block of C in
-registers. When B's columns are contiguous instead (``x @ W.T``), B is first
+(8 accumulators; a vector is 64 bytes where the CPU has AVX-512, else 32: 32 or
+16 float32 columns), written in LLVM IR (``llvm.fma`` on vectors) because
+Numba's loops do not keep a block of C in registers. When B's columns are contiguous instead (``x @ W.T``), B is first
 copied transposed (``small_gemm_bt_*``: k*n moves against m*n*k multiply-adds;
 64x64: 0.6 us, against the 1.2 us it saves), or A is and C.T = W A.T is computed,
 whichever moves less (W4's 16-row batches: A).
@@ -27,9 +27,10 @@ hooks and anomaly mode change no bits either.
 Used by the replay's ``_rm_gemm_*`` when alpha is 1, beta is 0 or 1 and
 m*n*k <= SMALL_GEMM_MAX (config); otherwise BLAS. The choice depends on the
 shapes only. (On a CPU without FMA, llvm.fma is a libm call: slow, same bits.)
-Measured against OpenBLAS through the replay's own gemm call (float32, this VM):
-16x64x64 1.13 vs 2.39 us, 64x64x64 4.8 vs 5.8 us; 128x64x128 19.9 vs 13.7 us (BLAS
-ahead from there on: SMALL_GEMM_MAX).
+Measured against OpenBLAS through the replay's own gemm call (float32, this VM,
+32-byte vectors): 16x64x64 1.13 vs 2.39 us, 64x64x64 4.8 vs 5.8 us; 128x64x128
+19.9 vs 13.7 us (BLAS ahead from there: SMALL_GEMM_MAX). With 64-byte vectors:
+16x64x64 0.58 us, 64x16x64 0.62 us.
 """
 import numpy as np
 from llvmlite import ir
@@ -37,14 +38,30 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..config import NJIT_INNER
+from ..config import NJIT_INNER, VECTOR_BYTES
 
 _I64 = ir.IntType(64)
 
 
+def _vector_bytes():
+    """64 where the CPU has AVX-512 (one vector is 16 float32), else 32 (AVX2): measured on this
+    VM's znver5, 16x64x64 float32 takes 0.58 us with 64-byte vectors, 1.13 us with 32 (OpenBLAS
+    2.39). The bits do not depend on it (each element is its own chain)."""
+    if VECTOR_BYTES in (32, 64):
+        return VECTOR_BYTES
+    try:
+        from llvmlite import binding
+        return 64 if binding.get_host_cpu_features().get("avx512f") else 32
+    except Exception:  # pragma: no cover
+        return 32
+
+
+_VBYTES = _vector_bytes()
+
+
 def _micro(rows, nvec, is64):
     """The micro-kernel intrinsic: C[rows x nvec*W] (+)= A[rows x k] B[k x nvec*W]."""
-    width = 4 if is64 else 8
+    width = _VBYTES // (8 if is64 else 4)
     isz = 8 if is64 else 4
 
     @intrinsic
@@ -186,8 +203,8 @@ def _driver(m4x2, m1x2, m4x1, m1x1, width, isz, ptr, ty):
 
 def _make():
     from .ptr import f32p, f64p
-    return (_driver(_M4x2_32, _M1x2_32, _M4x1_32, _M1x1_32, 8, 4, f32p, np.float32),
-            _driver(_M4x2_64, _M1x2_64, _M4x1_64, _M1x1_64, 4, 8, f64p, np.float64))
+    return (_driver(_M4x2_32, _M1x2_32, _M4x1_32, _M1x1_32, _VBYTES // 4, 4, f32p, np.float32),
+            _driver(_M4x2_64, _M1x2_64, _M4x1_64, _M1x1_64, _VBYTES // 8, 8, f64p, np.float64))
 
 
 (small_gemm_f32, small_gemm_bt_f32), (small_gemm_f64, small_gemm_bt_f64) = _make()
