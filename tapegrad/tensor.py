@@ -146,12 +146,16 @@ class Tensor:
             vc = self._vc = [0]
         return vc
 
-    def _values(self):
-        """Flush pending records, then the NumPy view."""
+    def _read(self):
+        """Flush pending records: Python is about to see this tensor's value."""
         if TAPE.flushed < TAPE.next_index:
             TAPE.flush()
         if TAPE.capture is not None:
-            TAPE.capture.read(self)    # Python sees this value: a captured step's replay must check it
+            TAPE.capture.read(self)    # a captured step's replay must check it
+
+    def _values(self):
+        """Flush pending records, then the NumPy view."""
+        self._read()
         return self._view_np()
 
     # ----- properties ----------------------------------------------------------
@@ -343,7 +347,7 @@ class Tensor:
     @property
     def T(self):
         if len(self._shape) == 2:      # a matrix's transpose (x @ W.T): straight to the view record
-            return P.view_op("permute", self, _SWAP2, perm=_PERM2)
+            return P.view_op("permute", self, _swap2, perm=_PERM2)
         return self.permute(*reversed(range(self.dim())))
 
     @property
@@ -375,10 +379,7 @@ class Tensor:
         base = self._base
         if code <= 1 and self._np is None and base.dtype is _U8:
             # a float in an arena slab (loss.item() of a training loop): read its bytes, no NumPy view
-            if TAPE.flushed < TAPE.next_index:
-                TAPE.flush()
-            if TAPE.capture is not None:
-                TAPE.capture.read(self)
+            self._read()
             return _ITEM[code](base, self._addr - _base_address(base))[0]
         return self._values().reshape(-1)[0].item()
 
@@ -702,7 +703,7 @@ _alloc = ARENA.alloc
 _PERM2 = (1, 0)
 
 
-def _SWAP2(v):
+def _swap2(v):
     return np.transpose(v, _PERM2)
 
 

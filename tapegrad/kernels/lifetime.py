@@ -103,11 +103,13 @@ def _fold_transposes(T, edges, need, lo, base, keep, roots):  # pragma: no cover
         if (T[i, 0] >> 5) == _PY:
             e = T[i, 3]
             d = T[i, 4]
+            product = d != 0 and edges[d] == 2 and edges[e] == 2 and not kept[i]   # a native A @ B
             for q in range(edges[e]):
                 p = edges[e + 1 + q] - base
                 if p >= 0:
                     uses[p] += 1
-                    if (q == 1 and d != 0 and not kept[i] and not kept[p] and edges[d] == 2 and edges[e] == 2 and edges[e + 1] - base != p
+                    # B (q == 1), not also A, a whole transpose whose shape is the product's (k, n)
+                    if (product and q == 1 and not kept[p] and edges[e + 1] - base != p
                             and _transposed_input(T, edges, p) != -1 and edges[d + 3] == edges[T[p, 4] + 5]
                             and edges[d + 4] == edges[T[p, 4] + 6]):
                         fold[p] = 1

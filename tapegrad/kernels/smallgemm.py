@@ -175,7 +175,6 @@ def _driver(m4x2, m1x2, m4x1, m1x1, width, isz, ptr, ty):
         transpose is copied into rows (k*n moves), or, when that moves less, A's transpose is, and
         the product is computed as C.T = W A.T and stored transposed (m*k + m*n moves): the same
         chains of fma (a * b = b * a), so the same bits."""
-        B = ptr(pb)
         if m * (k + n) < k * n:
             A = ptr(pa)
             Q = np.empty(k * m, ty)
@@ -193,6 +192,7 @@ def _driver(m4x2, m1x2, m4x1, m1x1, width, isz, ptr, ty):
                     for j in range(n):
                         C[i * n + j] = D[j * m + i]
             return
+        B = ptr(pb)
         P = np.empty(k * n, ty)
         for p in range(k):
             for j in range(n):

@@ -18,6 +18,7 @@ from .. import _dtype as D
 from .. import config
 from ..autograd.grad_mode import _STATE as _GRAD
 from ..kernels import blas as _blas
+from ..kernels import replay_cpu as _replay
 from ..storage import byte_span
 from ..tape.tape import ROW, TAPE, PyRec
 from .table import BY_OPCODE, OPS, OpSpec
@@ -943,17 +944,13 @@ def _gemm(a, b, out=None):
             any(st % isz for st in a.strides + b.strides):
         return np.matmul(a, b, out=out)
     o = out if out is not None and out.flags.c_contiguous and out.dtype == dt else np.empty((m, n), dt)
-    (_R().matmul_f32 if isz == 4 else _R().matmul_f64)(_gemm_fn(D.from_numpy_dtype(dt)), m, n, k, a.ctypes.data,
-                                                        as0, as1, b.ctypes.data, bs0, bs1, o.ctypes.data)
+    (_replay.matmul_f32 if isz == 4 else _replay.matmul_f64)(_gemm_fn(D.from_numpy_dtype(dt)), m, n, k,
+                                                              a.ctypes.data, as0, as1, b.ctypes.data, bs0, bs1,
+                                                              o.ctypes.data)
     if out is not None and o is not out:
         out[...] = o
         return out
     return o
-
-
-def _R():
-    from ..kernels import replay_cpu
-    return replay_cpu
 
 
 def _mm_native(out, a, b, bias=None):
