@@ -79,6 +79,7 @@ def forward_{{suf}}(T, F, E, FT, lo, hi):  # pragma: no cover
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
     PE = addr_of(E)
     PF = addr_of(FT)
+    PK = np.empty(0, np.int64)      # this call's packed transposes (Note [packed transposes])
     r = lo
     while r < hi:
         k = code[r]
@@ -94,7 +95,13 @@ def forward_{{suf}}(T, F, E, FT, lo, hi):  # pragma: no cover
             fn = i64p(PF)[4 + {{dt}} * 2]
             if fn == 0:
                 return -(r + 2)
-            call_fwd(fn, PE + 8 * b[r], out[r], 0, 0, 0, 0, 0.0)
+            d = b[r]
+            pk = 0
+            if E[d] == 1 or E[d] == 2:
+                pk, PK = _packed_bt_{{suf}}(E, d, PK)
+            call_fwd(fn, PE + 8 * d, out[r], pk, 0, 0, 0, 0.0)
+            if PK.size and E[d] != 4:      # (a view writes nothing)
+                _overwritten(PK, out[r], n[r] * {{isz}})
             r += 1
             continue
         if op <= {b_hi} and i64p(PF)[op * 4 + {{dt}} * 2] == 0:
@@ -102,6 +109,8 @@ def forward_{{suf}}(T, F, E, FT, lo, hi):  # pragma: no cover
         if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_{{suf}}: its parallel loop compiles only when used (bench C0)
         _fwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], 0, n[r], PF)
+        if PK.size:
+            _overwritten(PK, out[r], n[r] * {{isz}})
         r += 1
     return -1
 
@@ -283,7 +292,7 @@ def _rm_gemm_{{suf}}(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc): 
     element strides: Fortran's column-major C^T = B^T A^T; a small one without packing
     (kernels/smallgemm.py's Note [small gemm]: its bits depend on the shapes only)."""
     if m * n * k <= SMALL_GEMM_MAX and alpha == 1 and (beta == 0 or beta == 1):
-        if bs1 == 1 or n == 1:
+        if not _transposed_b(m, n, k, bs1):
             small_gemm_{{suf}}(m, n, k, pa, as0, as1, pb, bs0, pc, beta == 1)
         else:           # (then bs0 == 1: gemm reads only operands with a unit stride)
             small_gemm_bt_{{suf}}(m, n, k, pa, as0, as1, pb, bs1, pc, beta == 1)
@@ -299,9 +308,60 @@ def matmul_{{suf}}(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc):  # pragma: no c
     _rm_gemm_{{suf}}(fn, m, n, k, {{ty}}(1.0), pa, as0, as1, pb, bs0, bs1, {{ty}}(0.0), pc)
 
 
+@njit(**NJIT_INNER)
+def _packed_bt_{{suf}}(E, d, PK):  # pragma: no cover
+    """(address, PK): B's transpose packed into rows for the native product whose descriptor is at
+    E[d] when its forward would pack it (B = W.T, a small product), else 0 (Note [packed
+    transposes]); a B this forward call packed before, and nothing wrote since, is not packed
+    again. PK may grow (a new array is returned)."""
+    m, k, n = E[d + 2], E[d + 3], E[d + 4]
+    pb = E[d + 8]
+    if E[d] == 1:       # x @ W.T + bias: B = W.T has W's strides swapped
+        bs0, bs1 = E[d + 10], E[d + 9]
+    else:
+        bs0, bs1 = E[d + 9], E[d + 10]
+    if m * n * k > SMALL_GEMM_MAX or not _transposed_b(m, n, k, bs1):
+        return 0, PK
+    if PK.size == 0:
+        PK = np.zeros(PACK_HEAD, np.int64)
+    free = -1
+    words = (k * n * {{isz}} + 7) // 8
+    for e in range(PK[0]):
+        h = 2 + e * PACK_WORDS
+        if PK[h] == pb and PK[h + 1] == bs0 and PK[h + 2] == bs1 and PK[h + 3] == k and PK[h + 4] == n:
+            return addr_of(PK) + 8 * PK[h + 7], PK
+        if PK[h] == 0 and PK[h + 8] >= words and free < 0:
+            free = e        # (a slot whose transpose was overwritten)
+    if free < 0:
+        if PK[0] == PACKS:
+            return 0, PK
+        free = PK[0]
+        h = 2 + free * PACK_WORDS
+        at = PACK_HEAD + PK[1]
+        if at + words > PK.size:
+            grown = np.zeros(max(at + words, 2 * PK.size), np.int64)
+            grown[:PK.size] = PK
+            PK = grown
+        PK[0] += 1
+        PK[1] += words
+        PK[h + 7] = at
+        PK[h + 8] = words
+    h = 2 + free * PACK_WORDS
+    PK[h], PK[h + 1], PK[h + 2], PK[h + 3], PK[h + 4] = pb, bs0, bs1, k, n
+    PK[h + 5] = pb
+    PK[h + 6] = pb + ((k - 1) * bs0 + (n - 1) * bs1 + 1) * {{isz}}
+    B = {{ptr}}(pb)
+    P = {{ptr}}(addr_of(PK) + 8 * PK[h + 7])
+    for p in range(k):
+        for j in range(n):
+            P[p * n + j] = B[p * bs0 + j * bs1]
+    return addr_of(PK) + 8 * PK[h + 7], PK
+
+
 def _nat_fwd_{{suf}}(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
     """A native record's forward (an op function, in slot PY of the table: compiled the first
-    time a tape runs one; u*: unused, the table's forward signature)."""
+    time a tape runs one). u2: 0, or the address of B's transpose packed into rows (Note [packed
+    transposes]); u3..uc: unused, the table's forward signature."""
     d = i64p(pd)
     kind = d[0]
     if kind == 3:
@@ -338,16 +398,19 @@ def _nat_fwd_{{suf}}(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
     m, k, n = d[2], d[3], d[4]
     one = {{ty}}(1.0)
     zero = {{ty}}(0.0)
-    if kind == 1:       # x @ W.T: W.T has W's strides swapped
+    if u2 != 0:         # B's transpose, packed by forward_{{suf}} (the product small_gemm_bt computes)
+        small_gemm_{{suf}}(m, n, k, d[5], d[6], d[7], u2, n, o, False)
+    elif kind == 1:     # x @ W.T: W.T has W's strides swapped
         _rm_gemm_{{suf}}(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[10], d[9], zero, o)
+    else:
+        _rm_gemm_{{suf}}(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
+    if kind == 1:
         y = {{ptr}}(o)
         bb = {{ptr}}(d[11])
         bs = d[12]
         for i in range(m):
             for j in range(n):
                 y[i * n + j] += bb[j * bs]
-    else:
-        _rm_gemm_{{suf}}(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
 
 
 def _nat_bwd_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma: no cover
@@ -628,6 +691,39 @@ def source():
     body += f"UNARY = ({u_lo}, {u_hi})\nBINARY = ({b_lo}, {b_hi})\nSUM, MEAN = {red['sum']}, {red['mean']}\n\n\n"
     body += _op_functions(un + bi)
     body += f'''
+
+# Note [packed transposes]
+# ~~~~~~~~~~~~~~~~~~~~~~~~
+# A small product whose B is a transpose (x @ W.T) copies B into rows first (kernels/smallgemm.py's
+# small_gemm_bt). An RNN multiplies by the same W.T at every step: W4 copied W_hh.T and W_ih.T 100
+# times a forward, 0.13 of its 0.35 ms. So each forward_* call keeps the transposes it packed (PK,
+# a local array: nothing outlives the call) and reuses one when the same B (address, strides,
+# shape) comes again. Within one call only the rows write memory, each inside [out, out + n
+# elements) (escape records, which could write anywhere, end the call; a view writes nothing);
+# a row whose range meets a packed B's bytes drops that pack. The product is small_gemm with the
+# packed rows, which is what small_gemm_bt computes: the same bits. PK: [slots used, data words
+# used], then PACKS slots of PACK_WORDS words (B, bs0, bs1, k, n, first byte, end byte, data
+# offset, data words; B = 0: overwritten, reusable), then the packed data.
+PACKS = 8
+PACK_WORDS = 9
+PACK_HEAD = 2 + PACKS * PACK_WORDS
+
+
+@njit(**NJIT_INNER)
+def _transposed_b(m, n, k, bs1):  # pragma: no cover
+    """Whether a small product reads B (k x n) through small_gemm_bt: B's columns contiguous."""
+    return bs1 != 1 and n != 1
+
+
+@njit(**NJIT_INNER)
+def _overwritten(PK, lo, nbytes):  # pragma: no cover
+    """A row wrote bytes [lo, lo + nbytes): drop the packed transposes of what it overlaps."""
+    hi = lo + nbytes
+    for e in range(PK[0]):
+        h = 2 + e * PACK_WORDS
+        if PK[h] != 0 and lo < PK[h + 6] and PK[h + 5] < hi:
+            PK[h] = 0
+
 
 @njit(**NJIT_INNER)
 def _cm_layout(r, c, s0, s1):  # pragma: no cover
