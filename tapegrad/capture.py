@@ -238,6 +238,7 @@ class _OneCall:
             forward(pos)
             if kind == "backward":
                 roots, seeds, plan = payload
+                plan = t.plan_backward(roots, share=True)   # Note [shared gradient scratch]: its own
                 rs, vals = [], []
                 for r, sd in zip(roots, seeds):
                     if sd.__class__ is not np.ndarray or sd.dtype.kind != "f":
@@ -299,6 +300,7 @@ class _OneCall:
             put(S.SC_ADDR, plan.scratch, len(plan.scratch))
             put(S.RS_ADDR, RS, len(RS))
             put(S.S_ADDR, seeds, len(seeds))
+            A[S.CLEAN], A[S.DIRTY] = int(plan.clean), 1
         k.opt, A[S.KIND] = a["opt"] if a["opt"] is not None else (None, 0)
         k.rows = k.H = None
         k.mv = memoryview(A).cast("B").cast("q")

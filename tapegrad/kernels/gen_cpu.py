@@ -168,12 +168,14 @@ def _bwd_tiles_seq_{{suf}}(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total, 
 
 
 @njit(**NJIT)
-def backward_{{suf}}(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+def backward_{{suf}}(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo, clean):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
     stop at an escape record (but a native one) or a record of the other float dtype
     and return its index (-(r + 2): record r's op function is not compiled; the records above
     it have run). Runs of large elementwise
-    records go tile by tile (in parallel unless an input is broadcast)."""
+    records go tile by tile (in parallel unless an input is broadcast). clean: zero each
+    record's gradient once its backward has read it (Note [shared gradient scratch] in
+    kernels/lifetime.py)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PE = addr_of(E)
@@ -198,6 +200,8 @@ def backward_{{suf}}(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, bas
             if fn == 0:
                 return -(r + 2)
             call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, PT, PE, 0.0)
+            if clean:
+                _zero(gaddr[r], n[r] * {{isz}})
             r -= 1
             continue
         if op <= {b_hi} and i64p(PF)[op * 4 + {{dt}} * 2 + 1] == 0:
@@ -209,6 +213,8 @@ def backward_{{suf}}(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, bas
         if op >= {b_lo} and op <= {b_hi}:
             gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
         _bwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r], PF)
+        if clean:
+            _zero(gaddr[r], n[r] * {{isz}})
         r -= 1
     return -1
 
@@ -340,8 +346,9 @@ def _packed_bt_{{suf}}(E, d, PK):  # pragma: no cover
         at = PACK_HEAD + PK[1]
         if at + words > PK.size:
             grown = np.zeros(max(at + words, 2 * PK.size), np.int64)
-            grown[:PK.size] = PK
-            PK = grown
+            for j in range(PK.size):    # NOTE: not grown[:n] = PK: typing that raises inside Numba,
+                grown[j] = PK[j]        # and the caught errors' frames kept forward_'s arguments
+            PK = grown                  # (the tape's edges) alive until a gc (BufferError on append)
         PK[0] += 1
         PK[1] += words
         PK[h + 7] = at
@@ -707,6 +714,15 @@ def source():
 PACKS = 8
 PACK_WORDS = 9
 PACK_HEAD = 2 + PACKS * PACK_WORDS
+
+
+@njit(**NJIT_INNER)
+def _zero(addr, nbytes):  # pragma: no cover
+    w = nbytes >> 3
+    for j in range(w):
+        i64p(addr)[j] = 0
+    for j in range(w << 3, nbytes):
+        u8p(addr)[j] = 0
 
 
 @njit(**NJIT_INNER)

@@ -193,3 +193,104 @@ def start_pass(need, idx, n, scratch, nbytes, seed_row, seed, seed_f64):  # prag
         else:
             f32p(gaddr[seed_row])[0] += np.float32(seed)
     return gaddr
+
+
+# Note [shared gradient scratch]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# A pass gives every marked record a gradient buffer of its own in one scratch, zeroed first.
+# A captured W4 step's is 2 MB (500 records of 4 KB): zeroing it took ~50 us of a 0.5 ms step,
+# and the backward then wrote and read 2 MB that had just left the cache. But a record's
+# gradient is needed only from the backward of its first consumer (the highest-index one, which
+# the reverse pass meets first) to its own backward. share_scratch lays the buffers out again
+# so that one freed by its record's backward is taken by a later one (in backward order): W4's
+# scratch is then a few buffers. A taken buffer must be zero again, so the backward of such a
+# pass zeroes each record's gradient after reading it (kernels/gen_cpu.py's backward_*, `clean`)
+# and the scratch is left all zero for the next replay. Only for passes nothing else reads:
+# capture.py's one-call programs (no hooks, no retained grads, no escape record, whose backward
+# Python would run). A folded view (Note [folded transposes]) is not marked; the product's
+# backward writes into the view's input's gradient, so that input counts the product as a
+# consumer.
+
+@njit(**NJIT_INNER)
+def _take(fo, fs, nfree, size):  # pragma: no cover
+    """The free buffer (offsets fo, sizes fs) that fits `size` most tightly: (its index or -1)."""
+    best = -1
+    for j in range(nfree):
+        if fs[j] >= size and (best < 0 or fs[j] < fs[best]):
+            best = j
+    return best
+
+
+@njit(**NJIT)
+def share_scratch(T, edges, need, idx, base, roots):  # pragma: no cover
+    """Note [shared gradient scratch] on a pass's marks (need, idx; roots: global indices):
+    returns (need with the new offsets, the scratch bytes they take)."""
+    n = need.shape[0]
+    off = np.full(n, -1, np.int64)
+    size = np.zeros(n, np.int64)
+    for i in idx:
+        isz = 4 if (T[i, 0] & 3) == 0 else 8
+        size[i] = ((T[i, 1] * isz + 63) // 64) * 64
+    fo = np.zeros(idx.shape[0] + 1, np.int64)
+    fs = np.zeros(idx.shape[0] + 1, np.int64)
+    nfree = 0
+    total = 0
+    order = np.empty(idx.shape[0] + roots.shape[0], np.int64)
+    k = 0
+    for g in roots:                     # the roots' buffers first (seeded before the pass)
+        order[k] = g - base
+        k += 1
+    for j in range(idx.shape[0] - 1, -1, -1):
+        order[k] = idx[j]
+        k += 1
+    prods = np.zeros(16, np.int64)
+    for j in range(order.shape[0]):
+        i = order[j]
+        if j < roots.shape[0]:
+            np_ = 1
+            prods[0] = i
+        elif (T[i, 0] >> 5) == _PY:
+            e = T[i, 3]
+            d = T[i, 4]
+            if edges[e] + 1 > prods.shape[0]:
+                prods = np.zeros(edges[e] + 1, np.int64)
+            np_ = 0
+            for q in range(edges[e]):
+                p = edges[e + 1 + q] - base
+                if p >= 0 and need[p] == 0 and q == 1 and d != 0 and edges[d] == 2:
+                    p = _transposed_input(T, edges, p) - base    # a folded view: its input's gradient
+                if p >= 0 and need[p] != 0:
+                    prods[np_] = p
+                    np_ += 1
+            if off[i] < 0:          # (no marked consumer wrote it: zero all the same)
+                prods[np_] = i
+                np_ += 1
+        else:
+            np_ = 0
+            for col in (5, 6):
+                p = T[i, col] - base
+                if p >= 0 and need[p] != 0:
+                    prods[np_] = p
+                    np_ += 1
+            if off[i] < 0:
+                prods[np_] = i
+                np_ += 1
+        for q in range(np_):
+            p = prods[q]
+            if off[p] >= 0:
+                continue
+            b = _take(fo, fs, nfree, size[p])
+            if b >= 0:
+                off[p] = fo[b]
+                nfree -= 1
+                fo[b], fs[b] = fo[nfree], fs[nfree]
+            else:
+                off[p] = total
+                total += size[p]
+        if j >= roots.shape[0]:     # its backward has read it: free for the records below
+            fo[nfree], fs[nfree] = off[i], size[i]
+            nfree += 1
+    out = need.copy()
+    for i in idx:
+        out[i] = off[i] + 1
+    return out, total

@@ -1272,6 +1272,15 @@ PACK_HEAD = 2 + PACKS * PACK_WORDS
 
 
 @njit(**NJIT_INNER)
+def _zero(addr, nbytes):  # pragma: no cover
+    w = nbytes >> 3
+    for j in range(w):
+        i64p(addr)[j] = 0
+    for j in range(w << 3, nbytes):
+        u8p(addr)[j] = 0
+
+
+@njit(**NJIT_INNER)
 def _transposed_b(m, n, k, bs1):  # pragma: no cover
     """Whether a small product reads B (k x n) through small_gemm_bt: B's columns contiguous."""
     return bs1 != 1 and n != 1
@@ -1473,12 +1482,14 @@ def _bwd_tiles_seq_f32(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total, PF):
 
 
 @njit(**NJIT)
-def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo, clean):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
     stop at an escape record (but a native one) or a record of the other float dtype
     and return its index (-(r + 2): record r's op function is not compiled; the records above
     it have run). Runs of large elementwise
-    records go tile by tile (in parallel unless an input is broadcast)."""
+    records go tile by tile (in parallel unless an input is broadcast). clean: zero each
+    record's gradient once its backward has read it (Note [shared gradient scratch] in
+    kernels/lifetime.py)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PE = addr_of(E)
@@ -1503,6 +1514,8 @@ def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
             if fn == 0:
                 return -(r + 2)
             call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, PT, PE, 0.0)
+            if clean:
+                _zero(gaddr[r], n[r] * 4)
             r -= 1
             continue
         if op <= 30 and i64p(PF)[op * 4 + 0 * 2 + 1] == 0:
@@ -1514,6 +1527,8 @@ def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
         if op >= 24 and op <= 30:
             gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
         _bwd_one_f32(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r], PF)
+        if clean:
+            _zero(gaddr[r], n[r] * 4)
         r -= 1
     return -1
 
@@ -1645,8 +1660,9 @@ def _packed_bt_f32(E, d, PK):  # pragma: no cover
         at = PACK_HEAD + PK[1]
         if at + words > PK.size:
             grown = np.zeros(max(at + words, 2 * PK.size), np.int64)
-            grown[:PK.size] = PK
-            PK = grown
+            for j in range(PK.size):    # NOTE: not grown[:n] = PK: typing that raises inside Numba,
+                grown[j] = PK[j]        # and the caught errors' frames kept forward_'s arguments
+            PK = grown                  # (the tape's edges) alive until a gc (BufferError on append)
         PK[0] += 1
         PK[1] += words
         PK[h + 7] = at
@@ -2014,12 +2030,14 @@ def _bwd_tiles_seq_f64(code, n, out, a, b, c, gaddr, GA, GB, r1, r0, total, PF):
 
 
 @njit(**NJIT)
-def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo):  # pragma: no cover
+def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, hi, lo, clean):  # pragma: no cover
     """Run records hi..lo in reverse, those with a gradient buffer (gaddr != 0);
     stop at an escape record (but a native one) or a record of the other float dtype
     and return its index (-(r + 2): record r's op function is not compiled; the records above
     it have run). Runs of large elementwise
-    records go tile by tile (in parallel unless an input is broadcast)."""
+    records go tile by tile (in parallel unless an input is broadcast). clean: zero each
+    record's gradient once its backward has read it (Note [shared gradient scratch] in
+    kernels/lifetime.py)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PE = addr_of(E)
@@ -2044,6 +2062,8 @@ def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
             if fn == 0:
                 return -(r + 2)
             call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, PT, PE, 0.0)
+            if clean:
+                _zero(gaddr[r], n[r] * 8)
             r -= 1
             continue
         if op <= 30 and i64p(PF)[op * 4 + 1 * 2 + 1] == 0:
@@ -2055,6 +2075,8 @@ def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
         if op >= 24 and op <= 30:
             gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
         _bwd_one_f64(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r], PF)
+        if clean:
+            _zero(gaddr[r], n[r] * 8)
         r -= 1
     return -1
 
@@ -2186,8 +2208,9 @@ def _packed_bt_f64(E, d, PK):  # pragma: no cover
         at = PACK_HEAD + PK[1]
         if at + words > PK.size:
             grown = np.zeros(max(at + words, 2 * PK.size), np.int64)
-            grown[:PK.size] = PK
-            PK = grown
+            for j in range(PK.size):    # NOTE: not grown[:n] = PK: typing that raises inside Numba,
+                grown[j] = PK[j]        # and the caught errors' frames kept forward_'s arguments
+            PK = grown                  # (the tape's edges) alive until a gc (BufferError on append)
         PK[0] += 1
         PK[1] += words
         PK[h + 7] = at

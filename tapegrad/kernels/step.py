@@ -35,7 +35,7 @@ def _copy(dst, src, nbytes):  # pragma: no cover
 #: the slots of run_step's argument vector: where each array is (address) and its length
 (T_ADDR, T_ROWS, T_COLS, E_ADDR, E_LEN, FT_ADDR, FT_LEN, LA, LS, LN, NLEAF, BASE, CP_ADDR, NCP, LO, HI, BHI,
  G_ADDR, G_LEN, SC_ADDR, SC_LEN, RS_ADDR, NRS, S_ADDR, S_LEN, KIND, P_ADDR, P_ROWS, H_ADDR, H_ROWS, H_COLS,
- U_ADDR, U_LEN, NSLOT) = range(34)
+ U_ADDR, U_LEN, CLEAN, DIRTY, NSLOT) = range(36)
 
 
 @njit(**NJIT)
@@ -46,6 +46,9 @@ def run_step(A, f64s, sgd, adam, rmsprop):  # pragma: no cover
     then, when BHI >= 0, the planned backward (gradient addresses G into the scratch SC, which is
     zeroed) from rows <= BHI, seeded with RS (k rows of: row, elements, float64?) and the float64
     values S one after the other; then optimizer kernel KERNELS[KIND] over (P, la, ls, H, upd).
+    CLEAN: the plan's buffers are shared (Note [shared gradient scratch] in kernels/lifetime.py):
+    the backward zeroes each one after use, so SC is zeroed only when DIRTY (a backward that
+    stopped before its end, or the first one: DIRTY starts at 1).
     Returns (status, done, new): status -1 when every phase ran; below -1, -(row + 2) of the
     row a phase could not run (nothing after that phase ran); 1: KIND's flag is None (the
     optimizer did not run); (done, new) the kernel's.
@@ -79,7 +82,9 @@ def run_step(A, f64s, sgd, adam, rmsprop):  # pragma: no cover
     if A[BHI] >= 0:
         gaddr = carray(i64p(A[G_ADDR]), A[G_LEN])
         sc = carray(u8p(A[SC_ADDR]), A[SC_LEN])
-        sc[:] = 0
+        if A[CLEAN] == 0 or A[DIRTY] != 0:
+            sc[:] = 0
+        A[DIRTY] = 1
         RS = carray(i64p(A[RS_ADDR]), (A[NRS], 3))
         S = carray(f64p(A[S_ADDR]), A[S_LEN])
         o = 0
@@ -96,16 +101,17 @@ def run_step(A, f64s, sgd, adam, rmsprop):  # pragma: no cover
         while r >= 0:
             f64 = (T[r, 0] & 3) == 1
             if f64s is None:
-                i = R.backward_f32(T, F, E, FT, gaddr, la, ls, ln, base, r, 0)
+                i = R.backward_f32(T, F, E, FT, gaddr, la, ls, ln, base, r, 0, A[CLEAN])
             elif f64:
-                i = R.backward_f64(T, F, E, FT, gaddr, la, ls, ln, base, r, 0)
+                i = R.backward_f64(T, F, E, FT, gaddr, la, ls, ln, base, r, 0, A[CLEAN])
             else:
-                i = R.backward_f32(T, F, E, FT, gaddr, la, ls, ln, base, r, 0)
+                i = R.backward_f32(T, F, E, FT, gaddr, la, ls, ln, base, r, 0, A[CLEAN])
             if i == -1:
                 break
             if i < -1 or f64s is None or ((T[i, 0] & 3) == 1) == f64:
                 return (-(i + 2) if i >= 0 else i), 0, 0
             r = i
+        A[DIRTY] = 0
     kind = A[KIND]
     if kind == 0:
         return -1, 0, 0

@@ -194,7 +194,7 @@ _NO_ATTRS = MappingProxyType({})
 
 class _Pass:
     """The state of one backward pass (Note [backward passes])."""
-    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs", "off", "dummy", "views", "direct")
+    __slots__ = ("scratch", "saddr", "gaddr", "la", "ls", "ln", "bufs", "off", "dummy", "views", "direct", "clean")
 
     def __init__(self):
         self.views = None           # a planned backward keeps its gradient views here
@@ -1058,10 +1058,20 @@ class Tape:
             del T, _
 
     # ----- a fixed backward, replayed (tapegrad.capture) -----------------------------------
-    def plan_backward(self, roots):
+    def plan_backward(self, roots, share=False):
         """What a backward from `roots` needs that does not change between replays of the same
-        rows: the marked records and their gradient addresses in a scratch buffer of its own."""
+        rows: the marked records and their gradient addresses in a scratch buffer of its own.
+        share: the buffers are shared (Note [shared gradient scratch] in kernels/lifetime.py;
+        only for a backward that zeroes them after use and that nothing else reads: P.clean)."""
         need, total, idx = self.mark_roots(roots, True)
+        share = share and not (self.hooks or self.retained or self.detect_anomaly)
+        if share:
+            T, _ = self.cols()
+            E = self.edges_np()
+            try:
+                need, total = _lifetime.share_scratch(T, E, need, idx, self.base, np.array(roots, np.int64))
+            finally:
+                del T, _, E
         P = _Pass()
         P.scratch = np.zeros(int(total) + 64, np.uint8)
         P.saddr = P.scratch.ctypes.data
@@ -1069,6 +1079,7 @@ class Tape:
         P.bufs = {}
         P.off = None
         P.views = {}
+        P.clean = share
         return P
 
     def run_plan(self, P, roots, seeds):
@@ -1107,14 +1118,14 @@ class Tape:
             FT = _opfn.FT
             try:
                 f64 = (T[hi, 0] & 3) == 1
-                i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, FT, P.gaddr, la, ls, ln, self.base, hi, lo)
+                i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, FT, P.gaddr, la, ls, ln, self.base, hi, lo, 0)
                 while i >= 0 and (T[i, 0] >> 5) != PY and ((T[i, 0] & 3) == 1) == f64:
                     # a run of large elementwise records, in tiles; then on from the record before it
                     i = (R.bwd_run_f64 if f64 else R.bwd_run_f32)(T, C, FT, P.gaddr, la, ls, ln, self.base, i, lo)
                     if i < -1:
                         break
                     i = (R.backward_f64 if f64 else R.backward_f32)(T, C, E, FT, P.gaddr, la, ls, ln, self.base, i,
-                                                                    lo)
+                                                                    lo, 0)
                 py = i >= 0 and (T[i, 0] >> 5) == PY and T[i, 4] == 0   # (a native one: the other dtype)
                 if i < -1:           # an op function not compiled yet (Note [op functions]): from there on
                     _opfn.ensure_rows(T[lo:-i - 1, 0], T[-i - 2, 0])
