@@ -268,7 +268,8 @@ class _OneCall:
         self.kerns = [a for a in self.acts if isinstance(a, _Kern)]
         kinds = {int(k.A[S.KIND]) for k in self.kerns}
         # the entry point's flags (run_step's docstring): what it compiles in
-        self.flags = (f64s,) + tuple(True if i in kinds else None for i in (1, 2, 3))
+        self.flags = ((f64s,) + tuple(True if i in kinds else None for i in (1, 2, 3))
+                      + (True if t.permuted else None,))
         self.src = self.acts[first].src
         return self
 

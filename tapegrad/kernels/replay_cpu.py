@@ -1260,7 +1260,7 @@ OPFN = {
 # small_gemm_bt). An RNN multiplies by the same W.T at every step: W4 copied W_hh.T and W_ih.T 100
 # times a forward, 0.13 of its 0.35 ms. So each forward_* call keeps the transposes it packed (PK,
 # a local array: nothing outlives the call) and reuses one when the same B (address, strides,
-# shape) comes again. Within one call only the rows write memory, each inside [out, out + n
+# shape) comes again (when the tape has recorded a permuted view: forward_*'s `packs`). Within one call only the rows write memory, each inside [out, out + n
 # elements) (escape records, which could write anywhere, end the call; a view writes nothing);
 # a row whose range meets a packed B's bytes drops that pack. The product is small_gemm with the
 # packed rows, which is what small_gemm_bt computes: the same bits. PK: [slots used, data words
@@ -1384,16 +1384,20 @@ def _fwd_tiles_f32(code, n, out, a, b, c, r0, r1, total, PF):  # pragma: no cove
 
 
 @njit(**NJIT)
-def forward_f32(T, F, E, FT, lo, hi):  # pragma: no cover
+def forward_f32(T, F, E, FT, lo, hi, packs):  # pragma: no cover
     """Run records lo..hi-1 in program order; stop at an escape record (but a native one)
     or at a record of the other float dtype (each dtype compiles only when used).
     T / F: the tape rows as int64 / float64 (each array argument costs ~1 us to unbox, and
     this is called once per flush); E: the escape records' producer lists and descriptors;
-    FT: the op functions' table (Note [op functions]): -(r + 2) when record r's is not compiled."""
+    FT: the op functions' table (Note [op functions]): -(r + 2) when record r's is not compiled.
+    packs: None, or True to reuse packed transposes (Note [packed transposes]); Numba prunes the
+    branches on it before typing, so the entry with None (a tape that has recorded no permuted
+    view) compiles without them: they cost 0.8 s of a cold first forward (bench C0)."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
     PE = addr_of(E)
     PF = addr_of(FT)
-    PK = np.empty(0, np.int64)      # this call's packed transposes (Note [packed transposes])
+    if packs is not None:
+        PK = np.empty(0, np.int64)      # this call's packed transposes (Note [packed transposes])
     r = lo
     while r < hi:
         k = code[r]
@@ -1410,12 +1414,15 @@ def forward_f32(T, F, E, FT, lo, hi):  # pragma: no cover
             if fn == 0:
                 return -(r + 2)
             d = b[r]
-            pk = 0
-            if E[d] == 1 or E[d] == 2:
-                pk, PK = _packed_bt_f32(E, d, PK)
-            call_fwd(fn, PE + 8 * d, out[r], pk, 0, 0, 0, 0.0)
-            if PK.size and E[d] != 4:      # (a view writes nothing)
-                _overwritten(PK, out[r], n[r] * 4)
+            if packs is not None:
+                pk = 0
+                if E[d] == 1 or E[d] == 2:
+                    pk, PK = _packed_bt_f32(E, d, PK)
+                call_fwd(fn, PE + 8 * d, out[r], pk, 0, 0, 0, 0.0)
+                if PK.size and E[d] != 4:      # (a view writes nothing)
+                    _overwritten(PK, out[r], n[r] * 4)
+            else:
+                call_fwd(fn, PE + 8 * d, out[r], 0, 0, 0, 0, 0.0)
             r += 1
             continue
         if op <= 30 and i64p(PF)[op * 4 + 0 * 2] == 0:
@@ -1423,8 +1430,9 @@ def forward_f32(T, F, E, FT, lo, hi):  # pragma: no cover
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_f32: its parallel loop compiles only when used (bench C0)
         _fwd_one_f32(code[r], out[r], a[r], b[r], c[r], 0, n[r], PF)
-        if PK.size:
-            _overwritten(PK, out[r], n[r] * 4)
+        if packs is not None:
+            if PK.size:
+                _overwritten(PK, out[r], n[r] * 4)
         r += 1
     return -1
 
@@ -1932,16 +1940,20 @@ def _fwd_tiles_f64(code, n, out, a, b, c, r0, r1, total, PF):  # pragma: no cove
 
 
 @njit(**NJIT)
-def forward_f64(T, F, E, FT, lo, hi):  # pragma: no cover
+def forward_f64(T, F, E, FT, lo, hi, packs):  # pragma: no cover
     """Run records lo..hi-1 in program order; stop at an escape record (but a native one)
     or at a record of the other float dtype (each dtype compiles only when used).
     T / F: the tape rows as int64 / float64 (each array argument costs ~1 us to unbox, and
     this is called once per flush); E: the escape records' producer lists and descriptors;
-    FT: the op functions' table (Note [op functions]): -(r + 2) when record r's is not compiled."""
+    FT: the op functions' table (Note [op functions]): -(r + 2) when record r's is not compiled.
+    packs: None, or True to reuse packed transposes (Note [packed transposes]); Numba prunes the
+    branches on it before typing, so the entry with None (a tape that has recorded no permuted
+    view) compiles without them: they cost 0.8 s of a cold first forward (bench C0)."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
     PE = addr_of(E)
     PF = addr_of(FT)
-    PK = np.empty(0, np.int64)      # this call's packed transposes (Note [packed transposes])
+    if packs is not None:
+        PK = np.empty(0, np.int64)      # this call's packed transposes (Note [packed transposes])
     r = lo
     while r < hi:
         k = code[r]
@@ -1958,12 +1970,15 @@ def forward_f64(T, F, E, FT, lo, hi):  # pragma: no cover
             if fn == 0:
                 return -(r + 2)
             d = b[r]
-            pk = 0
-            if E[d] == 1 or E[d] == 2:
-                pk, PK = _packed_bt_f64(E, d, PK)
-            call_fwd(fn, PE + 8 * d, out[r], pk, 0, 0, 0, 0.0)
-            if PK.size and E[d] != 4:      # (a view writes nothing)
-                _overwritten(PK, out[r], n[r] * 8)
+            if packs is not None:
+                pk = 0
+                if E[d] == 1 or E[d] == 2:
+                    pk, PK = _packed_bt_f64(E, d, PK)
+                call_fwd(fn, PE + 8 * d, out[r], pk, 0, 0, 0, 0.0)
+                if PK.size and E[d] != 4:      # (a view writes nothing)
+                    _overwritten(PK, out[r], n[r] * 8)
+            else:
+                call_fwd(fn, PE + 8 * d, out[r], 0, 0, 0, 0, 0.0)
             r += 1
             continue
         if op <= 30 and i64p(PF)[op * 4 + 1 * 2] == 0:
@@ -1971,8 +1986,9 @@ def forward_f64(T, F, E, FT, lo, hi):  # pragma: no cover
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_f64: its parallel loop compiles only when used (bench C0)
         _fwd_one_f64(code[r], out[r], a[r], b[r], c[r], 0, n[r], PF)
-        if PK.size:
-            _overwritten(PK, out[r], n[r] * 8)
+        if packs is not None:
+            if PK.size:
+                _overwritten(PK, out[r], n[r] * 8)
         r += 1
     return -1
 

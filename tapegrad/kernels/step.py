@@ -39,7 +39,7 @@ def _copy(dst, src, nbytes):  # pragma: no cover
 
 
 @njit(**NJIT)
-def run_step(A, f64s, sgd, adam, rmsprop):  # pragma: no cover
+def run_step(A, f64s, sgd, adam, rmsprop, packs):  # pragma: no cover
     """One captured step's kernels; A (int64, slots above) says where every array is, because
     each array argument costs a jitted call ~0.1 us to unbox (20 of them were half this call).
     Copies (CP: k rows of destination, source, bytes) first; then tape rows LO..HI-1 forward;
@@ -52,8 +52,8 @@ def run_step(A, f64s, sgd, adam, rmsprop):  # pragma: no cover
     Returns (status, done, new): status -1 when every phase ran; below -1, -(row + 2) of the
     row a phase could not run (nothing after that phase ran); 1: KIND's flag is None (the
     optimizer did not run); (done, new) the kernel's.
-    f64s, sgd, adam, rmsprop: None, or True when the program has float64 rows / runs that
-    optimizer. Numba prunes a branch on an argument that is None before typing, so the kernels of
+    f64s, sgd, adam, rmsprop, packs: None, or True when the program has float64 rows / runs that
+    optimizer / has a permuted view (forward_*'s packs). Numba prunes a branch on an argument that is None before typing, so the kernels of
     a dtype or an optimizer the program does not use are not compiled into this entry point (on
     a cold cache: ~7.5 s for all of them, bench/results note)."""
     T = carray(i64p(A[T_ADDR]), (A[T_ROWS], A[T_COLS]))
@@ -71,9 +71,9 @@ def run_step(A, f64s, sgd, adam, rmsprop):  # pragma: no cover
     while r < hi:
         f64 = (T[r, 0] & 3) == 1
         if f64s is None:
-            i = R.forward_f32(T, F, E, FT, r, hi)
+            i = R.forward_f32(T, F, E, FT, r, hi, packs)
         else:
-            i = R.forward_f64(T, F, E, FT, r, hi) if f64 else R.forward_f32(T, F, E, FT, r, hi)
+            i = R.forward_f64(T, F, E, FT, r, hi, packs) if f64 else R.forward_f32(T, F, E, FT, r, hi, packs)
         if i == -1:
             break
         if i < -1 or f64s is None or ((T[i, 0] & 3) == 1) == f64:

@@ -435,9 +435,10 @@ class Tape:
         end = hi - self.base
         try:
             FT = _opfn.FT
+            packs = True if self.permuted else None     # (Note [packed transposes] in kernels/gen_cpu.py)
             while lo < end:
                 f64 = (T[lo, 0] & 3) == 1
-                i = (R.forward_f64 if f64 else R.forward_f32)(T, C, self.edges_np(), FT, lo, end)
+                i = (R.forward_f64 if f64 else R.forward_f32)(T, C, self.edges_np(), FT, lo, end, packs)
                 if i == -1:
                     break
                 if i < -1:           # an op function not compiled yet (Note [op functions]): from there on
