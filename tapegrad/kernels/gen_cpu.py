@@ -100,15 +100,14 @@ def forward_{{suf}}(T, F, E, FT, lo, hi, packs):  # pragma: no cover
             if fn == 0:
                 return -(r + 2)
             d = b[r]
+            pk = 0
             if packs is not None:
-                pk = 0
                 if E[d] == 1 or E[d] == 2:
                     pk, PK = _packed_bt_{{suf}}(E, d, PK)
-                call_fwd(fn, PE + 8 * d, out[r], pk, 0, 0, 0, 0.0)
+            call_fwd(fn, PE + 8 * d, out[r], pk, 0, 0, 0, 0.0)
+            if packs is not None:
                 if PK.size and E[d] != 4:      # (a view writes nothing)
                     _overwritten(PK, out[r], n[r] * {{isz}})
-            else:
-                call_fwd(fn, PE + 8 * d, out[r], 0, 0, 0, 0, 0.0)
             r += 1
             continue
         if op <= {b_hi} and i64p(PF)[op * 4 + {{dt}} * 2] == 0:
@@ -713,9 +712,10 @@ def source():
 # small_gemm_bt). An RNN multiplies by the same W.T at every step: W4 copied W_hh.T and W_ih.T 100
 # times a forward, 0.13 of its 0.35 ms. So each forward_* call keeps the transposes it packed (PK,
 # a local array: nothing outlives the call) and reuses one when the same B (address, strides,
-# shape) comes again (when the tape has recorded a permuted view: forward_*'s `packs`). Within one call only the rows write memory, each inside [out, out + n
-# elements) (escape records, which could write anywhere, end the call; a view writes nothing);
-# a row whose range meets a packed B's bytes drops that pack. The product is small_gemm with the
+# shape) comes again (when the tape has recorded a permuted view: forward_*'s `packs`). Within
+# one call only the rows write memory, each inside [out, out + n elements) (escape records,
+# which could write anywhere, end the call; a view writes nothing); a row whose range meets a
+# packed B's bytes drops that pack. The product is small_gemm with the
 # packed rows, which is what small_gemm_bt computes: the same bits. PK: [slots used, data words
 # used], then PACKS slots of PACK_WORDS words (B, bs0, bs1, k, n, first byte, end byte, data
 # offset, data words; B = 0: overwritten, reusable), then the packed data.

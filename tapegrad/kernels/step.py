@@ -53,7 +53,8 @@ def run_step(A, f64s, sgd, adam, rmsprop, packs):  # pragma: no cover
     row a phase could not run (nothing after that phase ran); 1: KIND's flag is None (the
     optimizer did not run); (done, new) the kernel's.
     f64s, sgd, adam, rmsprop, packs: None, or True when the program has float64 rows / runs that
-    optimizer / has a permuted view (forward_*'s packs). Numba prunes a branch on an argument that is None before typing, so the kernels of
+    optimizer / has a permuted view (forward_*'s packs). Numba prunes a branch on an argument
+    that is None before typing, so the kernels of
     a dtype or an optimizer the program does not use are not compiled into this entry point (on
     a cold cache: ~7.5 s for all of them, bench/results note)."""
     T = carray(i64p(A[T_ADDR]), (A[T_ROWS], A[T_COLS]))
