@@ -156,7 +156,9 @@ def mark_all(T, edges, roots, base):  # pragma: no cover
     for r in roots:
         root = max(root, r)
     need = np.zeros(root - base + 1, np.int64)
-    left = 0
+    # NOTE: not `left = 0`: typing would call R.mark with Literal[int](0) before unifying, and
+    # compile a second mark (~0.5 s of a cold first backward, numba's compile events)
+    left = np.int64(0)
     for r in roots:
         if need[r - base] == 0:
             need[r - base] = 1
