@@ -150,3 +150,15 @@ def test_a_training_loop_keeps_few_escape_records():
     del loss
     gc.collect()
     assert max(lens[50:]) <= 2 * tape_mod._PY_SWEEP + 8, max(lens)
+
+
+def test_mark_is_typed_without_literals():
+    """mark_all calls replay_cpu.mark with `left` typed int64: from `left = 0`, Numba also
+    compiled a mark for Literal[int](0) on every cold first backward (~0.5 s of C0 cold).
+    Typing mark_all afresh (its cached code would skip typing) shows which marks it asks for."""
+    from numba import njit, types
+    from tapegrad.kernels import lifetime, replay_cpu as R
+    fresh = njit(cache=False)(lifetime.mark_all.py_func)
+    fresh.compile((types.int64[:, ::1], types.int64[::1], types.int64[::1], types.int64))
+    literal = [sig for sig in R.mark.signatures if any(isinstance(a, types.Literal) for a in sig)]
+    assert R.mark.signatures and not literal, R.mark.signatures
