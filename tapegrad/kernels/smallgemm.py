@@ -127,7 +127,7 @@ def _column_block(m8, m4, m1, isz):
     give its width): rows eight at a time, then four, then one. ldc: C's row stride in elements.
     Eight rows by two vectors is 16 accumulators: on an Intel VM (AVX-512) 128x256x256 float32
     took 147 us against 251 with four rows (8 accumulators do not cover two FMA ports' latency),
-    16x64x64 level (/tmp/s20/g8.py, session 20)."""
+    16x64x64 level (ad hoc, session 20; bench/results/2026-12-02_210327-W4.json for W4)."""
     @njit(**NJIT_INNER)
     def block(m, k, pa, as0, as1, pb, bs0, pc, ldc, accumulate):  # pragma: no cover
         i0 = 0
