@@ -35,7 +35,8 @@ class Arena:
         self.slab = None
         self.addr = 0
         self.off = 0
-        self.size = 0
+        self.size = -1     # (no slab: -1, so that the inline bump allocations of tensor.py take
+        #                  none from it, not even an empty tensor's 0 bytes)
         self.retire = None
         self.pool = []     # large buffers, reused once nothing else references them
         self.reclaim = None  # set by the tape: let go of buffers only dead records still hold
@@ -104,7 +105,7 @@ class Arena:
         if self.slab is not None:
             if self.retire is not None:
                 self.retire(self.slab)
-            self.slab, self.addr, self.off, self.size = None, 0, 0, 0
+            self.slab, self.addr, self.off, self.size = None, 0, 0, -1
 
     def alloc(self, nbytes, zero=True):
         """Return (base, address) of `nbytes` bytes that never move, zeroed

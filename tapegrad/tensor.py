@@ -681,11 +681,22 @@ def _strides_of(shape):
 def _empty(shape, dt, n=-1):
     """A fresh contiguous tensor (zeroed memory) in the arena."""
     if n < 0:
-        n = _numel(shape)
+        n = 1
+        for d in shape:
+            n *= d
     t = _new(Tensor)
-    t._base, t._addr = _alloc(n * dt.itemsize)
+    ar = ARENA
+    off = ar.off
+    nb = (n * dt.itemsize + 63) & ~63
+    if off + nb <= ar.size and nb <= _QUARTER:   # inline bump allocation (Arena.alloc: 64-byte aligned)
+        ar.off = off + nb
+        t._base = ar.slab
+        t._addr = ar.addr + off
+    else:
+        t._base, t._addr = _alloc(n * dt.itemsize)
     t._shape = shape
-    t._stride = _strides_of(shape)
+    st = _STRIDES.get(shape)
+    t._stride = st if st is not None else _strides_of(shape)
     t._dtype = dt
     t._n = n
     t._contig = True

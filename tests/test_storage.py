@@ -459,3 +459,17 @@ def test_retain_grad_does_not_pin_the_tape():
 def test_held_node_keeps_its_graph(lifetime_results):
     """torch: a grad_fn Node held after its output tensor died still shows its next_functions."""
     _check(lifetime_results, "held_node_keeps_its_graph()")
+
+
+@pytest.mark.parametrize("op", ["tanh", "mul", "add"])
+def test_empty_tensor_op_after_the_slab_is_retired(op):
+    """An op on an empty tensor right after NumPy was handed the current slab (which retires it)
+    used to take its 0 bytes from no slab at all: its storage was None, and recording the next
+    op on it raised AttributeError (tensor.py's inline bump allocation, Arena.size)."""
+    x = tg.ones(0, requires_grad=True)
+    tg.ones(3).numpy()              # exposes the current slab: the arena retires it
+    y = {"tanh": tg.tanh, "mul": lambda t: t * t, "add": lambda t: t + t}[op](x)
+    assert y._base is not None
+    (y * 2).sum().backward()
+    assert x.grad is not None and x.grad.shape == (0,)
+    np.testing.assert_array_equal(x.grad.numpy(), np.zeros(0, np.float32))
