@@ -434,3 +434,36 @@ def test_hook_order_tensor_vs_node_prehook():
         (y * 3).sum().backward()
         return log, npv(x.grad).round(5).tolist()
     assert run(tg) == run(torch)
+
+
+def test_hooks_and_custom_backwards_run_with_grad_mode_of_create_graph():
+    """torch's engine runs a pass with grad mode = create_graph: in a hook or a custom
+    Function's backward of a plain backward(), ops on tensors that require grad record nothing
+    (an autograd.grad there raises). tapegrad kept the caller's mode (found in session 22)."""
+    def run(m):
+        seen = []
+        w = m.tensor([1.5, -2.0], requires_grad=True)
+
+        class Sq(m.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return x * x
+
+            @staticmethod
+            def backward(ctx, g):
+                (x,) = ctx.saved_tensors
+                r = 2 * x * g
+                seen.append(("fn", m.is_grad_enabled(), r.requires_grad))
+                return r
+
+        for create in (False, True):
+            x = m.tensor([0.5, 3.0], requires_grad=True)
+            h = Sq.apply(x * w)
+            h.register_hook(lambda g: seen.append(("hook", m.is_grad_enabled(), (g * w).requires_grad)))
+            (h * 3).sum().backward(create_graph=create)
+            x.grad = None       # (create_graph: each gradient's graph holds its leaf, as torch warns)
+        w.grad = None
+        return seen
+    mine, theirs = both(run)
+    assert mine == theirs, (mine, theirs)

@@ -159,6 +159,6 @@ def test_mark_is_typed_without_literals():
     from numba import njit, types
     from tapegrad.kernels import lifetime, replay_cpu as R
     fresh = njit(cache=False)(lifetime.mark_all.py_func)
-    fresh.compile((types.int64[:, ::1], types.int64[::1], types.int64[::1], types.int64))
+    fresh.compile((types.int64[:, ::1], types.int64[::1], types.int64[::1], types.int64, types.int64[::1]))
     literal = [sig for sig in R.mark.signatures if any(isinstance(a, types.Literal) for a in sig)]
     assert R.mark.signatures and not literal, R.mark.signatures

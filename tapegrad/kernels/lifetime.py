@@ -148,14 +148,15 @@ def fold_transposes(T, edges, need, idx, base, keep, roots):  # pragma: no cover
 
 
 @njit(**NJIT)
-def mark_all(T, edges, roots, base):  # pragma: no cover
+def mark_all(T, edges, roots, base, zeros):  # pragma: no cover
     """(need, total, low, idx) of a backward from the global records `roots` (int64 array):
     replay_cpu.mark's marks and results, and idx the physical indices of the marked records,
-    ascending (empty when total < 0: a freed record was reached)."""
+    ascending (empty when total < 0: a freed record was reached). need is a view of `zeros`
+    (int64, all zero, at least as long as the tape; Note [backward's zeroed arrays])."""
     root = roots[0]
     for r in roots:
         root = max(root, r)
-    need = np.zeros(root - base + 1, np.int64)
+    need = zeros[:root - base + 1]
     # NOTE: not `left = 0`: typing would call R.mark with Literal[int](0) before unifying, and
     # compile a second mark (~0.5 s of a cold first backward, numba's compile events)
     left = np.int64(0)
@@ -180,13 +181,12 @@ def mark_all(T, edges, roots, base):  # pragma: no cover
 
 
 @njit(**NJIT)
-def start_pass(need, idx, n, scratch, nbytes, seed_row, seed, seed_f64):  # pragma: no cover
-    """The gradient addresses (int64, n rows) of a pass over the marked records idx, into
-    scratch, whose first nbytes are zeroed; when seed_row >= 0, that record's one-element
-    gradient is `seed` (float64; written as float32 unless seed_f64)."""
+def start_pass(need, idx, gaddr, scratch, nbytes, seed_row, seed, seed_f64):  # pragma: no cover
+    """Fill gaddr (int64, all zero, one per physical row) with the gradient addresses of a pass
+    over the marked records idx, into scratch, whose first nbytes are zeroed; when seed_row >= 0,
+    that record's one-element gradient is `seed` (float64; written as float32 unless seed_f64)."""
     scratch[:nbytes] = 0
     saddr = addr_of(scratch)
-    gaddr = np.zeros(n, np.int64)
     for i in idx:
         gaddr[i] = saddr + need[i] - 1
     if seed_row >= 0:

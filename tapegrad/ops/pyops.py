@@ -251,32 +251,25 @@ def result_dtype(name, x, y, scalar=False):
     return dt
 
 
-def _add_fwd(xv, yv):
-    with np.errstate(all="ignore"):
-        return _ADD_REF(xv, yv, 1.0)
+def _bcast_pair(name):
+    """The NumPy forward and VJP of _bcast_add's record for op `name` (add or sub, alpha 1),
+    made once at import (module-level functions, not a closure per call)."""
+    ref, vjp = OPS[name].ref, _NP_BINARY_B[name]
+
+    def fwd(xv, yv):
+        with np.errstate(all="ignore"):
+            return ref(xv, yv, 1.0)
+
+    def bwd(g, o, xv, yv):
+        with np.errstate(all="ignore"):
+            gx, gy = vjp(xv, yv, o, g, 1.0)
+        shape = o.shape
+        return sum_to(np.broadcast_to(gx, shape), xv.shape), sum_to(np.broadcast_to(gy, shape), yv.shape)
+    return fwd, bwd
 
 
-def _add_bwd(g, o, xv, yv):
-    with np.errstate(all="ignore"):
-        gx, gy = _ADD_VJP(xv, yv, o, g, 1.0)
-    shape = o.shape
-    return sum_to(np.broadcast_to(gx, shape), xv.shape), sum_to(np.broadcast_to(gy, shape), yv.shape)
-
-
-def _sub_fwd(xv, yv):
-    with np.errstate(all="ignore"):
-        return _SUB_REF(xv, yv, 1.0)
-
-
-def _sub_bwd(g, o, xv, yv):
-    with np.errstate(all="ignore"):
-        gx, gy = _SUB_VJP(xv, yv, o, g, 1.0)
-    shape = o.shape
-    return sum_to(np.broadcast_to(gx, shape), xv.shape), sum_to(np.broadcast_to(gy, shape), yv.shape)
-
-
-_ADD_REF, _SUB_REF = OPS["add"].ref, OPS["sub"].ref
-_ADD_VJP, _SUB_VJP = _NP_BINARY_B["add"], _NP_BINARY_B["sub"]
+_add_fwd, _add_bwd = _bcast_pair("add")
+_sub_fwd, _sub_bwd = _bcast_pair("sub")
 _C1 = MappingProxyType({"c": 1.0})   # (shared by the records: read only)
 # (shapes of x and y) -> (broadcast shape, the native descriptor's tail), for the fast path below
 _BCAST_FAST = {}

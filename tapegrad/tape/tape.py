@@ -39,6 +39,7 @@ import numba
 import numpy as np
 
 from .. import config
+from ..autograd.grad_mode import _STATE as _GRAD
 from ..kernels import lifetime as _lifetime
 from ..kernels import opfn as _opfn
 from ..kernels import replay_cpu as R
@@ -54,6 +55,7 @@ PACK = struct.Struct("<8qd").pack_into
 _Q = struct.Struct("<q")
 _NO_EDGES = np.zeros(1, np.int64)
 _NO_PINS = np.zeros(0, np.int64)
+_NO_USED = np.zeros(0, np.uint8)   # (prune_inplace_log reads no leaf slots)
 SECOND_TIME = ("Trying to backward through the graph a second time (or directly access saved tensors after "
                "they have already been freed). Saved intermediate values of the graph are freed when you call "
                ".backward() or autograd.grad(). Specify retain_graph=True if you need to backward through the "
@@ -286,6 +288,9 @@ class Tape:
         self.inplace_log = []      # (lo, hi, record index, version counter, shape, dtype) of in-place writes
         self._log_prune_at = 32    # log length that triggers prune_inplace_log
         self._nothing_saved_at = -1  # tape length at a prune that found no saving record alive
+        self._prune_lo = 0         # global index: no record below it can be hit by an in-place write
+        self._zeros = (_NO_RECORDS, _NO_RECORDS)   # (need, gaddr) for one backward at a time, all zero
+                                   # while not in use; None while a backward has them (Note [backward's zeroed arrays])
         self.retained = {}         # global index -> tensor whose grad is retained
         self.anomaly = {}          # global index -> forward stack of the record (anomaly mode)
         self.detect_anomaly = False   # anomaly mode with NaN checks: backward runs record by record
@@ -543,8 +548,20 @@ class Tape:
         if not self.n:
             self._nothing_saved_at = self.next_index
         if self.n and log:
-            live, _, _ = self.liveness()
+            # Note [prune low-water mark]: only the rows from _prune_lo on are read. A row below the
+            # first one that could be hit stays unhittable: what makes it so (dead, consumed, saves
+            # nothing, needs no gradient) never changes back (the tape only appends; a dead record's
+            # output tensor is gone, so nothing new reads it). Holding every step's loss (a common
+            # loop) kept ~2 rows a step live, and a prune over the whole tape made each step slower
+            # than the last (W5a: 190 -> 365 us a step after 30k steps). A graph that stays live and
+            # unbackwarded from before such a loop holds the mark at its rows (the rows after it
+            # are read again at each prune, as before).
+            lo = min(max(self._prune_lo - self.base, 0), self.n)
             T, _ = self.cols()
+            T = T[lo:]
+            pins = np.fromiter(self.pins, np.int64, len(self.pins)) if self.pins else _NO_PINS
+            live, _ = _lifetime.sweep(T, self.edges_np(), self.base + lo, self.flushed - self.base - lo,
+                                      _NO_USED, pins)
             codes = T[:, 0]
             ops = codes >> 5
             idx = np.flatnonzero((live != 0) & (_HAS_SAVES[ops] != 0) & (ops != PY) & ((codes & 16) == 0)
@@ -552,6 +569,10 @@ class Tape:
             pyidx = np.flatnonzero((live != 0) & (ops == PY) & ((codes & 16) == 0))
             rows = T[idx]   # a copy
             del T, codes, ops
+            first = min(idx[0] if len(idx) else len(live), pyidx[0] if len(pyidx) else len(live))
+            self._prune_lo = self.base + lo + int(first)
+            idx += lo
+            pyidx += lo
             self._nothing_saved_at = self.next_index if not len(idx) and not len(pyidx) else -1
             py_hit = set()
             for i in pyidx:
@@ -799,6 +820,8 @@ class Tape:
             # of them are held (a short tape sweeps cheaply); when they are live, the bound doubles.
             self.sweep(flush=False)
             self.py_sweep_at = max(_PY_SWEEP, 2 * len(self.py))
+        mode = _GRAD[0]
+        _GRAD[0] = False    # as torch's engine: hooks and custom backwards run with grad mode = create_graph
         try:
             return self._backward(roots, seeds, retain_graph, leaves, only, capture)
         except BaseException as e:
@@ -806,15 +829,18 @@ class Tape:
             # buffers: the tape could never grow again (BufferError). Drop them.
             traceback.clear_frames(e.__traceback__)
             raise
+        finally:
+            _GRAD[0] = mode
 
-    def mark_roots(self, roots, fold=False, keep=None):
+    def mark_roots(self, roots, fold=False, keep=None, zeros=None):
         """(need, total, idx): need[g - base] = 1 + byte offset of the gradient of each record
         reachable from global records `roots` (0 elsewhere), total = the scratch bytes they take,
         idx = the physical indices of those records, ascending. Raises PyTorch's errors for a
         freed graph or a saved value modified in place (nothing has run). fold: a backward pass
         leaves out the views Note [folded transposes] (kernels/lifetime.py) folds (not in anomaly
         mode), but for records something looks at: with hooks, retained grads, or in `keep`
-        (the global records whose gradients autograd.grad returns)."""
+        (the global records whose gradients autograd.grad returns). zeros: an all-zero int64
+        array at least as long as the tape, that need is a view of (default: a new one)."""
         base = self.base
         T, C = self.cols()
         if len(roots) == 1:
@@ -823,7 +849,8 @@ class Tape:
         else:
             ra = np.array(roots, np.int64)
         E = self.edges_np()
-        need, total, low, idx = _lifetime.mark_all(T, E, ra, base)
+        need, total, low, idx = _lifetime.mark_all(T, E, ra, base, np.zeros(self.n, np.int64) if zeros is None
+                                                    else zeros)
         if total < 0:
             del T, C, E
             raise RuntimeError(SECOND_TIME)
@@ -839,11 +866,41 @@ class Tape:
             del T, C
         return need, total, idx
 
+    # Note [backward's zeroed arrays]
+    # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    # A backward's marks (need) and gradient addresses (gaddr) have one int64 per row of the tape,
+    # but only the rows the pass reaches are written. Made with np.zeros for every pass, they cost
+    # what the tape's length costs: a loop that keeps each step's loss (`losses.append(loss)`)
+    # keeps its rows, and at 60k rows the two arrays took ~28 us of each step (np.zeros, 480 KB).
+    # The tape keeps one zeroed pair instead; a backward takes it, and zeroes back only the rows
+    # between the lowest one it reached and its root (all of them after an error). A backward
+    # started while one runs (from a hook) makes its own.
     def _backward(self, roots, seeds, retain_graph, leaves, only, capture):
+        zeros = self._zeros
+        if zeros is None:                       # a backward inside a backward
+            zeros = (np.zeros(self.n, np.int64), np.zeros(self.n, np.int64))
+        else:
+            self._zeros = None
+            if len(zeros[0]) < self.n:
+                k = max(8192, 2 * self.n)
+                zeros = (np.zeros(k, np.int64), np.zeros(k, np.int64))
+        span = [0, len(zeros[0])]   # the rows of need and gaddr to zero again (all of them after an error)
+        try:
+            got = self._backward_with(roots, seeds, retain_graph, leaves, only, capture, zeros, span)
+            span[1] = max(roots) - self.base + 1
+            return got
+        finally:
+            if self._zeros is None:
+                zeros[0][span[0]:span[1]] = 0
+                zeros[1][span[0]:span[1]] = 0
+                self._zeros = zeros
+
+    def _backward_with(self, roots, seeds, retain_graph, leaves, only, capture, zeros, span):
         base = self.base
         root = max(roots)
-        need, total, idx = self.mark_roots(roots, True, capture)
+        need, total, idx = self.mark_roots(roots, True, capture, zeros[0])
         lo = base + int(idx[0])     # the lowest record this backward reaches
+        span[0] = lo - base
         if (len(roots) == 1 and root == self.next_index - 1 and 0 < root - self.flushed <= _FUSE_MAX
                 and not (retain_graph or leaves or only or capture)
                 and (struct.unpack_from("<q", self.buf, (root - base) * ROW)[0] >> 5) in _REDUCE):
@@ -867,7 +924,7 @@ class Tape:
                 and seeds[0].dtype.kind == "f":     # loss.backward(): seeded by start_pass
             seed_row, seed_val = root - base, float(seeds[0].flat[0])
             seeds = ()
-        P.gaddr = _lifetime.start_pass(need, idx, self.n, P.scratch, int(total) + 64, seed_row, seed_val,
+        P.gaddr = _lifetime.start_pass(need, idx, zeros[1][:self.n], P.scratch, int(total) + 64, seed_row, seed_val,
                                        seed_row >= 0 and (self.buf[(root - base) * ROW] & 3) == 1)
         if not (leaves or only or self.leaf_hooks or self.hooks or self.detect_anomaly):
             # every slot collects in place: the pass uses the tape's own tables (the kernels get
@@ -1076,7 +1133,7 @@ class Tape:
         P = _Pass()
         P.scratch = np.zeros(int(total) + 64, np.uint8)
         P.saddr = P.scratch.ctypes.data
-        P.gaddr = _lifetime.start_pass(need, idx, self.n, P.scratch, 0, -1, 0.0, False)
+        P.gaddr = _lifetime.start_pass(need, idx, np.zeros(self.n, np.int64), P.scratch, 0, -1, 0.0, False)
         P.bufs = {}
         P.off = None
         P.views = {}
