@@ -4,13 +4,10 @@ its low-water mark (Note [prune low-water mark]), and a backward's marks and gra
 come from one zeroed pair the tape keeps (Note [backward's zeroed arrays]). Timing is measured
 in bench/ (and in the closing notes); these tests check the mechanisms and that no answer
 changes."""
-import gc
-
 import numpy as np
 import pytest
 
 import tapegrad
-from tapegrad.kernels import lifetime
 
 
 def _tape():
@@ -27,38 +24,56 @@ def _loop(m, steps, hold, w, v, opt):
         hold.append(loss)
 
 
-def test_prune_reads_only_rows_after_its_low_water_mark(monkeypatch):
+_PRUNE_SCAN = """
+import sys
+import tapegrad
+from tapegrad.kernels import lifetime
+Tape = sys.modules["tapegrad.tape.tape"].Tape
+tape = sys.modules["tapegrad.tape.tape"].TAPE
+scanned, inside = [], []
+real, prune = lifetime.sweep, Tape.prune_inplace_log
+
+def spy(T, *args):
+    if inside:
+        scanned.append((T.shape[0], tape.n))
+    return real(T, *args)
+
+def spy_prune(self):
+    inside.append(1)
+    try:
+        return prune(self)
+    finally:
+        inside.pop()
+
+lifetime.sweep, Tape.prune_inplace_log = spy, spy_prune
+w = tapegrad.tensor([1.0, 2.0], requires_grad=True)
+v = tapegrad.tensor([3.0, 4.0], requires_grad=True)
+opt = tapegrad.optim.SGD([w, v], lr=0.01)
+held = []
+for _ in range(300):
+    opt.zero_grad()
+    loss = (w * v).sum() + (v * v).sum()
+    loss.backward()
+    opt.step()
+    held.append(loss)
+print(scanned)
+"""
+
+
+def test_prune_reads_only_rows_after_its_low_water_mark():
     """With 300 held losses on the tape, each prune of the in-place log reads the rows since
     the previous one, not the whole tape (before: every prune ran the lifetime sweep over
-    every row: 190 -> 365 us a W5a step after 30k held steps)."""
-    tape = _tape()
-    gc.collect()        # graphs earlier tests left for the collector: a live one would stop the mark
-    tape.sweep()
-    scanned = []
-    real = lifetime.sweep
-    inside = []
-
-    def spy(T, *args):
-        if inside:
-            scanned.append((T.shape[0], tape.n))
-        return real(T, *args)
-
-    prune = type(tape).prune_inplace_log
-
-    def spy_prune(self):
-        inside.append(1)
-        try:
-            return prune(self)
-        finally:
-            inside.pop()
-
-    monkeypatch.setattr(lifetime, "sweep", spy)
-    monkeypatch.setattr(type(tape), "prune_inplace_log", spy_prune)
-    w = tapegrad.tensor([1.0, 2.0], requires_grad=True)
-    v = tapegrad.tensor([3.0, 4.0], requires_grad=True)
-    opt = tapegrad.optim.SGD([w, v], lr=0.01)
-    held = []
-    _loop(tapegrad, 300, held, w, v, opt)
+    every row: 190 -> 365 us a W5a step after 30k held steps). In a fresh process: a graph
+    an earlier test left alive and unbackwarded would hold the mark at its rows."""
+    import ast
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", _PRUNE_SCAN], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-800:]
+    scanned = ast.literal_eval(r.stdout.strip().splitlines()[-1])
     late = [s for s in scanned if s[1] >= 600]      # prunes with at least 600 rows on the tape
     assert late, scanned[-5:]
     assert max(s[0] for s in late) <= 200, late[-5:]
