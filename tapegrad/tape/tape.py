@@ -55,7 +55,7 @@ PACK = struct.Struct("<8qd").pack_into
 _Q = struct.Struct("<q")
 _NO_EDGES = np.zeros(1, np.int64)
 _NO_PINS = np.zeros(0, np.int64)
-_NO_USED = np.zeros(0, np.uint8)   # (prune_inplace_log reads no leaf slots)
+_NO_USED = np.zeros(0, np.uint8)   # (a liveness pass over a suffix reads no leaf slots)
 SECOND_TIME = ("Trying to backward through the graph a second time (or directly access saved tensors after "
                "they have already been freed). Saved intermediate values of the graph are freed when you call "
                ".backward() or autograd.grad(). Specify retain_graph=True if you need to backward through the "
@@ -512,14 +512,15 @@ class Tape:
         self.sweep_at = max(8192, 2 * self.n)
         return k
 
-    def liveness(self):
-        """(live[i] per physical record, length of the dead prefix that already ran,
-        used[slot] per leaf slot a live record reads): one jitted pass."""
+    def liveness(self, lo=0):
+        """(live[i] per physical record from lo on, length of the dead prefix that already ran,
+        used[slot] per leaf slot a live record reads): one jitted pass. From lo > 0 the records
+        below count as outside the tape (their liveness is not computed, nor used)."""
         T, _ = self.cols()
         edges = self.edges_np()
-        used = np.zeros(len(self.leaf_addr), np.uint8)
+        used = np.zeros(len(self.leaf_addr), np.uint8) if lo == 0 else _NO_USED
         pins = np.fromiter(self.pins, np.int64, len(self.pins)) if self.pins else _NO_PINS
-        live, k = _lifetime.sweep(T, edges, self.base, self.flushed - self.base, used, pins)
+        live, k = _lifetime.sweep(T[lo:], edges, self.base + lo, self.flushed - self.base - lo, used, pins)
         return live, k, used
 
     # ----- in-place writes (for PyTorch's version-counter error) --------------------
@@ -557,11 +558,9 @@ class Tape:
             # unbackwarded from before such a loop holds the mark at its rows (the rows after it
             # are read again at each prune, as before).
             lo = min(max(self._prune_lo - self.base, 0), self.n)
+            live, _, _ = self.liveness(lo)
             T, _ = self.cols()
             T = T[lo:]
-            pins = np.fromiter(self.pins, np.int64, len(self.pins)) if self.pins else _NO_PINS
-            live, _ = _lifetime.sweep(T, self.edges_np(), self.base + lo, self.flushed - self.base - lo,
-                                      _NO_USED, pins)
             codes = T[:, 0]
             ops = codes >> 5
             idx = np.flatnonzero((live != 0) & (_HAS_SAVES[ops] != 0) & (ops != PY) & ((codes & 16) == 0)
@@ -877,7 +876,8 @@ class Tape:
     # started while one runs (from a hook) makes its own.
     def _backward(self, roots, seeds, retain_graph, leaves, only, capture):
         zeros = self._zeros
-        if zeros is None:                       # a backward inside a backward
+        pooled = zeros is not None              # (None: a backward inside a backward)
+        if not pooled:
             zeros = (np.zeros(self.n, np.int64), np.zeros(self.n, np.int64))
         else:
             self._zeros = None
@@ -890,7 +890,7 @@ class Tape:
             span[1] = max(roots) - self.base + 1
             return got
         finally:
-            if self._zeros is None:
+            if pooled:
                 zeros[0][span[0]:span[1]] = 0
                 zeros[1][span[0]:span[1]] = 0
                 self._zeros = zeros
