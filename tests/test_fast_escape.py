@@ -208,3 +208,85 @@ def test_broadcast_error_is_torchs():
     with pytest.raises(RuntimeError):
         torch.ones(2, 3, requires_grad=True) - torch.ones(2, 2)
     assert TAPE.next_index == n       # nothing recorded by the failing call
+
+
+# ----- addmm and mse_loss: their fronts against record() with the closures they had before ---------
+
+def _addmm_by_record(bias, x, w):
+    """nn.Linear's record as record() made it (closures over the bias's shape)."""
+    out = TT._empty((x._shape[0], w._shape[0]), x._dtype)
+    bsh = bias._shape
+
+    def fwd(o, bv, xv, wv):
+        P._gemm(xv, wv.T, out=o)
+        o += bv
+
+    def bwd(g, o, bv, xv, wv, needs=(True, True, True)):
+        return (P.sum_to(g, bsh) if needs[0] else None, P._gemm(g, wv) if needs[1] else None,
+                P._gemm(g.T, xv) if needs[2] else None)
+    fwd.writes_out = True
+    bwd.needs_aware = True
+    return P.record("addmm", out, [bias, x, w], fwd, bwd, native=P._mm_native(out, x, w, bias))
+
+
+def _mse_by_record(x, t, reduction):
+    """mse_loss's record as record() made it (closures over n, the shapes and the reduction)."""
+    xs, ts = x._shape, t._shape
+    shape = tuple(np.broadcast_shapes(xs, ts))
+    n = int(np.prod(shape))
+    out = TT._empty((), P.D.result_type(x, t))
+
+    def fwd(xv, tv):
+        d = xv.astype(np.float64) - tv
+        r = np.sum(d * d)
+        return r / n if reduction == "mean" else r
+
+    def bwd(g, o, xv, tv, needs=(True, True)):
+        d = (xv - tv) * (2.0 * g / (n if reduction == "mean" else 1))
+        d = np.broadcast_to(d, shape)
+        return (P.sum_to(d, xs) if needs[0] else None, P.sum_to(-d, ts) if needs[1] else None)
+    bwd.needs_aware = True
+    nat = None
+    if xs == ts and x._contig and t._contig and P._native_ok(out, [x, t]):
+        nat = [3, 0, n, x._addr, t._addr, 1 if reduction == "mean" else 0]
+    return P.record("mse_loss", out, [x, t], fwd, bwd, attrs={"reduction": reduction}, native=nat)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=DIM, k=DIM, n=DIM, dtype=DTYPES, rgs=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+       bias2d=st.booleans(), grad_mode=st.booleans(), exposed=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_addmm_matches_record(m, k, n, dtype, rgs, bias2d, grad_mode, exposed, seed):
+    rng = np.random.default_rng(seed)
+    ivs = [rng.standard_normal(s).astype(dtype) for s in ((1, n) if bias2d else (n,), (m, k), (n, k))]
+    # exposed: the third input alone (exposure goes by slab: w's is retired before the others are made)
+    w = torch.tensor(ivs[2], requires_grad=rgs[2])
+    if exposed:
+        w.detach().numpy()
+    bias, x = (torch.tensor(v, requires_grad=r) for v, r in zip(ivs[:2], rgs[:2]))
+    assert not (TT.is_exposed(bias) or TT.is_exposed(x))
+    with torch.set_grad_enabled(grad_mode):
+        out_f, out_g = _compare(lambda: P.addmm(bias, x, w), lambda: _addmm_by_record(bias, x, w),
+                                _check_numpy_functions(ivs, (m, n), dtype, seed))
+        if out_f._rg:
+            _same_gradients(out_f, out_g, [bias, x, w], rng)
+
+
+MSE_SHAPES = st.sampled_from([((4, 3), (4, 3)), ((4, 1), (4, 1)), ((4, 3), (3,)), ((4, 1), (1, 3)), ((5,), (5,)),
+                              ((), ()), ((2, 3), ())])
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes=MSE_SHAPES, reduction=st.sampled_from(["mean", "sum"]), dtypes=st.sampled_from(
+       [(np.float32, np.float32), (np.float64, np.float64), (np.float32, np.float64)]),
+       rgx=st.booleans(), rgt=st.booleans(), grad_mode=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_mse_loss_matches_record(shapes, reduction, dtypes, rgx, rgt, grad_mode, seed):
+    rng = np.random.default_rng(seed)
+    x = _leaf(shapes[0], dtypes[0], rgx, rng)
+    t = _leaf(shapes[1], dtypes[1], rgt, rng)
+    ivs = [x.detach().numpy().copy(), t.detach().numpy().copy()]
+    odt = np.result_type(*dtypes)
+    with torch.set_grad_enabled(grad_mode):
+        out_f, out_g = _compare(lambda: P.mse_loss(x, t, reduction), lambda: _mse_by_record(x, t, reduction),
+                                _check_numpy_functions(ivs, (), odt, seed))
+        if out_f._rg:
+            _same_gradients(out_f, out_g, [x, t], rng)

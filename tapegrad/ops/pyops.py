@@ -87,11 +87,12 @@ def record(name, out, ins, fwd, bwd=None, saves=True, attrs=None, grad=True, lin
 # tape state, in fewer steps; the fronts pass module-level NumPy functions, not new closures.
 # tests/test_fast_escape.py compares what both paths leave on the tape.
 
-def _record12(spec, out, a, b, fn, vjp, saves, lin, native, attrs=None):
-    """record(spec, out, [a] or [a, b], fn, vjp, saves, attrs, lin=lin, native=native) (b None:
-    one input), for a VJP that is not needs-aware unless it says so (see record())."""
+def _record12(spec, out, a, b, fn, vjp, saves, lin, native, attrs=None, c=None):
+    """record(spec, out, [a], [a, b] or [a, b, c], fn, vjp, saves, attrs, lin=lin, native=native)
+    (b None: one input; c: a third, after b), for a VJP that is not needs-aware unless it says so
+    (see record())."""
     T = _TMOD[0] if _TMOD else _T()
-    rg = _GRAD[0] and (a._rg or (b is not None and b._rg))
+    rg = _GRAD[0] and (a._rg or (b is not None and b._rg) or (c is not None and c._rg))
     producer = T._producer
     if rg:
         pa = (a._rec if a._rec >= 0 else producer(a)) if a._rg else -1
@@ -99,9 +100,11 @@ def _record12(spec, out, a, b, fn, vjp, saves, lin, native, attrs=None):
             prods = [pa]
         else:
             prods = [pa, (b._rec if b._rec >= 0 else producer(b)) if b._rg else -1]
+            if c is not None:
+                prods.append((c._rec if c._rec >= 0 else producer(c)) if c._rg else -1)
         needs = tuple([p != -1 for p in prods]) if vjp.__dict__.get("needs_aware") else None
     else:
-        prods = [-1] if b is None else [-1, -1]
+        prods = [-1] if b is None else [-1, -1] if c is None else [-1, -1, -1]
         needs = None if not vjp.__dict__.get("needs_aware") else (False,) * len(prods)
     # PyRec.numpy, written out
     rec = _new_rec(PyRec)
@@ -117,9 +120,12 @@ def _record12(spec, out, a, b, fn, vjp, saves, lin, native, attrs=None):
     rec._writes = fn.__dict__.get("writes_out", False)
     if b is None:
         rec._vs = (a._base, a._addr, a._shape, a._stride, a._dtype.np)
-    else:
+    elif c is None:
         rec._vs = (a._base, a._addr, a._shape, a._stride, a._dtype.np, b._base, b._addr, b._shape, b._stride,
                    b._dtype.np)
+    else:
+        rec._vs = (a._base, a._addr, a._shape, a._stride, a._dtype.np, b._base, b._addr, b._shape, b._stride,
+                   b._dtype.np, c._base, c._addr, c._shape, c._stride, c._dtype.np)
     rec._vo = (out._base, out._addr, out._shape, out._stride, odt.np)
     # Tape.append_py and Tape.append, written out
     tape = TAPE
@@ -144,7 +150,7 @@ def _record12(spec, out, a, b, fn, vjp, saves, lin, native, attrs=None):
         out._rec = r
         out._rg = True
     exposed = T.is_exposed
-    if exposed(out) or exposed(a) or (b is not None and exposed(b)):
+    if exposed(out) or exposed(a) or (b is not None and exposed(b)) or (c is not None and exposed(c)):
         tape.flush()
     return out
 
@@ -1193,20 +1199,23 @@ def addmm(bias, x, w_t_src, transpose_w=True):
     if x._dtype is not w._dtype:
         raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_long_name(x._dtype)} and "
                            f"{_long_name(w._dtype)}")
-    shape = (x._shape[0], w._shape[0])
-    out = T._empty(shape, x._dtype)
-    bsh = bias._shape
+    out = T._empty((x._shape[0], w._shape[0]), x._dtype)
+    return _record12(_ADDMM, out, bias, x, _addmm_fwd, _addmm_bwd, True, None, _mm_native(out, x, w, bias), c=w)
 
-    def fwd(o, bv, xv, wv):
-        _gemm(xv, wv.T, out=o)
-        o += bv
 
-    def bwd(g, o, bv, xv, wv, needs=(True, True, True)):
-        return (sum_to(g, bsh) if needs[0] else None, _gemm(g, wv) if needs[1] else None,
-                _gemm(g.T, xv) if needs[2] else None)
-    fwd.writes_out = True
-    bwd.needs_aware = True
-    return record("addmm", out, [bias, x, w], fwd, bwd, native=_mm_native(out, x, w, bias))
+def _addmm_fwd(o, bv, xv, wv):
+    _gemm(xv, wv.T, out=o)
+    o += bv
+
+
+def _addmm_bwd(g, o, bv, xv, wv, needs=(True, True, True)):
+    return (sum_to(g, bv.shape) if needs[0] else None, _gemm(g, wv) if needs[1] else None,
+            _gemm(g.T, xv) if needs[2] else None)
+
+
+_addmm_fwd.writes_out = True
+_addmm_bwd.needs_aware = True
+_ADDMM = OPS["addmm"]
 
 
 def mse_loss(x, t, reduction):
@@ -1220,21 +1229,43 @@ def mse_loss(x, t, reduction):
         dt = D.result_type(x, t)
         n = math.prod(shape)
     out = T._empty((), dt)
-
-    def fwd(xv, tv):
-        d = xv.astype(np.float64) - tv
-        r = np.sum(d * d)
-        return r / n if reduction == "mean" else r
-
-    def bwd(g, o, xv, tv, needs=(True, True)):
-        d = (xv - tv) * (2.0 * g / (n if reduction == "mean" else 1))
-        d = np.broadcast_to(d, shape)
-        return (sum_to(d, xs) if needs[0] else None, sum_to(-d, ts) if needs[1] else None)
-    bwd.needs_aware = True
+    mean = reduction == "mean"
     nat = None
     if xs == ts and x._contig and t._contig and _native_ok(out, [x, t]):
-        nat = [3, 0, n, x._addr, t._addr, 1 if reduction == "mean" else 0]
-    return record("mse_loss", out, [x, t], fwd, bwd, attrs={"reduction": reduction}, native=nat)
+        nat = [3, 0, n, x._addr, t._addr, 1 if mean else 0]
+    return _record12(_MSE, out, x, t, _mse_fwd_mean if mean else _mse_fwd_sum, _mse_bwd_mean if mean else _mse_bwd_sum,
+                     True, None, nat, _MSE_MEAN if mean else _MSE_SUM)
+
+
+# (mse_loss's NumPy functions: module-level, Note [fast escape records]; n is the number of
+# elements of the broadcast shape, which x - t has)
+def _mse_fwd_mean(xv, tv):
+    d = xv.astype(np.float64) - tv
+    return np.sum(d * d) / d.size
+
+
+def _mse_fwd_sum(xv, tv):
+    d = xv.astype(np.float64) - tv
+    return np.sum(d * d)
+
+
+def _mse_bwd(g, xv, tv, needs, mean):
+    d = xv - tv
+    d = d * (2.0 * g / (d.size if mean else 1))
+    return (sum_to(d, xv.shape) if needs[0] else None, sum_to(-d, tv.shape) if needs[1] else None)
+
+
+def _mse_bwd_mean(g, o, xv, tv, needs=(True, True)):
+    return _mse_bwd(g, xv, tv, needs, True)
+
+
+def _mse_bwd_sum(g, o, xv, tv, needs=(True, True)):
+    return _mse_bwd(g, xv, tv, needs, False)
+
+
+_mse_bwd_mean.needs_aware = _mse_bwd_sum.needs_aware = True
+_MSE = OPS["mse_loss"]
+_MSE_MEAN, _MSE_SUM = {"reduction": "mean"}, {"reduction": "sum"}
 
 
 # ----- joining ---------------------------------------------------------------------------
