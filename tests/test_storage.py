@@ -473,3 +473,33 @@ def test_empty_tensor_op_after_the_slab_is_retired(op):
     (y * 2).sum().backward()
     assert x.grad is not None and x.grad.shape == (0,)
     np.testing.assert_array_equal(x.grad.numpy(), np.zeros(0, np.float32))
+
+
+def test_sweep_releases_what_a_released_record_kept_alive():
+    """A custom Function's ctx can hold a tensor that keeps an earlier record alive: when the
+    sweep releases the record (its output died), that tensor dies, and the earlier record is
+    released by the same sweep (a second liveness pass, run only when an alive flag or a pin
+    changed). In process: rows an earlier test left alive do not matter here."""
+    class Hold(tg.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.x = x           # the input tensor itself, not a saved copy of its value
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2
+
+    a = tg.randn(3, requires_grad=True)
+    y1 = Hold.apply(a * 1.0)
+    y2 = Hold.apply(y1)          # y2's ctx holds y1
+    r1, r2 = y1._rec, y2._rec
+    assert r1 in TAPE.py and r2 in TAPE.py
+    del y1
+    gc.collect()
+    assert r1 in TAPE.py         # still held, through y2's record
+    del y2
+    gc.collect()
+    TAPE.sweep()
+    assert r2 not in TAPE.py
+    assert r1 not in TAPE.py

@@ -490,10 +490,14 @@ class Tape:
         released = False        # _release_dead has run with this `live`
         for _ in range(8):
             # NOTE: an escape record's closures may hold the tensors that keep earlier records alive
-            # (a custom Function's ctx holds its inputs): releasing a dead one can free more; go again
+            # (a custom Function's ctx holds its inputs): releasing a dead one can free more; go again,
+            # but only when what liveness() reads changed (the alive flags, the pins held by Nodes):
+            # the records of ops/pyops.py's record() hold storage, not tensors, and the second pass
+            # over a small loop's tape was half of each sweep (W5a: ~100 us every 32 steps)
             before = len(self.py)
+            seen = self._liveness_inputs()
             self._release_dead(live)
-            if len(self.py) == before:
+            if len(self.py) == before or self._liveness_inputs() == seen:
                 released = True
                 break
             live, k, used = self.liveness()
@@ -511,6 +515,15 @@ class Tape:
             self._drop(int(k))
         self.sweep_at = max(8192, 2 * self.n)
         return k
+
+    def _liveness_inputs(self):
+        """What liveness() reads that releasing Python objects can change: every row's alive flag
+        (Tensor.__del__ clears it) and the pins (a Node's __del__ drops them)."""
+        T, _ = self.cols()
+        try:
+            return T[:, 7].tobytes(), tuple(self.pins.items())
+        finally:
+            del T, _
 
     def liveness(self, lo=0):
         """(live[i] per physical record from lo on, length of the dead prefix that already ran,
@@ -614,7 +627,7 @@ class Tape:
         lv = live.tobytes()     # (indexing bytes: ~30 ns an entry; a NumPy scalar: ~300)
         for g in [g for g in self.py if g - base < n and g < flushed and not lv[g - base]]:
             del self.py[g]
-        cum = np.concatenate(([0], np.cumsum(live, dtype=np.int64)))
+        cum = None      # live rows before each index, made when a slab's range first needs it
         end = self.next_index
         cand = []
         for key, (buf, first, last) in list(self.keep.items()):
@@ -622,6 +635,9 @@ class Tape:
                 continue
             if last + 4096 < end:
                 lo_, hi_ = max(first, base) - base, min(last + 4096, end - 1) - base
+                if cum is None:
+                    cum = np.zeros(n + 1, np.int64)
+                    np.cumsum(live, dtype=np.int64, out=cum[1:])
                 if hi_ < lo_ or cum[hi_ + 1] - cum[lo_] == 0:
                     self._let_go(key, buf)
                     continue
