@@ -8,7 +8,6 @@ Views (transpose, permute, reshape of contiguous storage, expand, basic
 indexing, squeeze/unsqueeze) allocate nothing: the output shares the input's
 storage, and a record is appended only when the view takes part in autograd.
 """
-import math
 import numbers
 import struct
 from types import MappingProxyType
@@ -1223,16 +1222,15 @@ def mse_loss(x, t, reduction):
     T = _T()
     xs, ts = x._shape, t._shape
     if xs == ts and x._dtype is t._dtype:
-        shape, dt, n = xs, x._dtype, x._n
+        dt = x._dtype
     else:
-        shape = tuple(broadcast_shapes(xs, ts))
+        broadcast_shapes(xs, ts)        # (torch's error for shapes that do not broadcast)
         dt = D.result_type(x, t)
-        n = math.prod(shape)
     out = T._empty((), dt)
     mean = reduction == "mean"
     nat = None
     if xs == ts and x._contig and t._contig and _native_ok(out, [x, t]):
-        nat = [3, 0, n, x._addr, t._addr, 1 if mean else 0]
+        nat = [3, 0, x._n, x._addr, t._addr, 1 if mean else 0]
     return _record12(_MSE, out, x, t, _mse_fwd_mean if mean else _mse_fwd_sum, _mse_bwd_mean if mean else _mse_bwd_sum,
                      True, None, nat, _MSE_MEAN if mean else _MSE_SUM)
 

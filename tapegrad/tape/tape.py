@@ -521,7 +521,7 @@ class Tape:
         (Tensor.__del__ clears it) and the pins (a Node's __del__ drops them)."""
         T, _ = self.cols()
         try:
-            return T[:, 7].tobytes(), tuple(self.pins.items())
+            return T[:, ALIVE // 8].tobytes(), tuple(self.pins.items())
         finally:
             del T, _
 
