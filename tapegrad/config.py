@@ -64,6 +64,13 @@ def _kernel_hash():
 #: where compiled kernels are cached: NUMBA_CACHE_DIR (or a default) / k<hash of kernel sources>.
 #: The environment is left as it is, so subprocesses find the same cache.
 CACHE_DIR = os.path.join(_cache_dir(), "k" + _kernel_hash())
+#: scipy.linalg's __init__ runs at its first use, not in the first backward() (Note [deferred
+#: scipy.linalg] in _deferred.py: 0.2-0.3 s of a fresh process); TAPEGRAD_DEFER_SCIPY_LINALG=0 keeps
+#: the plain import. Done before Numba is imported, whose first compile imports scipy.linalg.cython_blas.
+DEFER_SCIPY_LINALG = os.environ.get("TAPEGRAD_DEFER_SCIPY_LINALG", "1") not in ("", "0")
+if DEFER_SCIPY_LINALG:
+    from ._deferred import defer_scipy_linalg
+    defer_scipy_linalg()
 import numba  # noqa: E402
 
 numba.config.CACHE_DIR = CACHE_DIR
