@@ -63,10 +63,21 @@ def test_exp_forward_ulps_including_overflow_and_subnormals(lo, hi):
 
 @pytest.mark.parametrize("scale", [1e-30, 1e-6, 1e-3, 0.03, 0.045, 0.3, 1.0, 3.0, 9.0, 30.0])
 def test_tanh_forward_ulps(scale):
-    """Both branches (the polynomial below 0.04, the exp formula above) and saturation."""
+    """Tiny arguments (where expm1 is its polynomial, k = 0), the reduction's range, saturation."""
     x = (np.random.default_rng(6).standard_normal(200_000) * scale).astype(np.float32)
     u = ulps(forward("tanh", x), x.astype(np.float64), np.tanh)
     assert u.max() <= 0.51, u.max()
+
+
+def test_tanh_expm1_polynomial_error():
+    """vmath._EM1 approximates (e^r - 1) / r on |r| <= ln2/2 to 2.4e-10 relative. A mistyped
+    coefficient breaks this bound unless its error is far below what a float32 result shows;
+    the ulp tests above would see only large ones."""
+    from tapegrad.kernels import vmath
+    r = np.linspace(-np.log(2) / 2, np.log(2) / 2, 400_001)
+    r = r[r != 0]
+    p = np.polynomial.polynomial.polyval(r, vmath._EM1)
+    assert np.abs(p / (np.expm1(r) / r) - 1).max() < 2.5e-10
 
 
 SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1.2e-38, 3.4e38, -3.4e38,
