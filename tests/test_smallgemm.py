@@ -15,7 +15,7 @@ import tapegrad as tg
 from tapegrad import config
 from tapegrad.kernels import replay_cpu as R
 from tapegrad.kernels.blas import address
-from tapegrad.kernels.smallgemm import small_gemm_f32
+from tapegrad.kernels.smallgemm import small_gemm_bt_f32, small_gemm_bt_f64, small_gemm_f32
 from tapegrad.ops.pyops import _gemm
 
 
@@ -73,6 +73,39 @@ def test_bits_depend_on_the_operands_only(m, n, k, f64, seed):
     np.testing.assert_array_equal(Ct.T, C)
     i = int(rng.integers(m))
     np.testing.assert_array_equal(_run(A0[i:i + 1], B0, np.empty((1, n), dt))[0], C[i])
+
+
+@pytest.mark.parametrize("f64", [False, True])
+@pytest.mark.parametrize("m,k,n", [(16, 64, 64), (16, 32, 64), (32, 64, 96), (8, 16, 48), (32, 16, 16),
+                                   (16, 48, 32), (17, 64, 64), (16, 64, 63)])
+def test_transposed_b_in_vector_blocks(m, k, n, f64):
+    """B = W.T (contiguous columns) with sizes in whole vector widths, where small_gemm_bt moves
+    square blocks through registers (A's transpose and C's for W4's x @ W.T; B's transpose for
+    tall A), and one size off each way (element by element): the bits of contiguous B, for A
+    contiguous, transposed (read in place) or a column slice; accumulation one addition."""
+    dt = np.float64 if f64 else np.float32
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    A0, B0 = rng.standard_normal((m, k)).astype(dt), rng.standard_normal((k, n)).astype(dt)
+    C = _run(A0, B0, np.empty((m, n), dt))
+    np.testing.assert_allclose(C, A0.astype(np.float64) @ B0.astype(np.float64), rtol=1e-4, atol=1e-4)
+    Bt = _layout(B0, "t")
+    for la in "cts":
+        np.testing.assert_array_equal(_run(_layout(A0, la), Bt, np.full((m, n), np.nan, dt)), C)
+    C0 = rng.standard_normal((m, n)).astype(dt)
+    got = C0.copy()
+    _accumulate_bt(A0, Bt, got, m, n, k)
+    np.testing.assert_array_equal(got, C0 + C)
+
+
+@njit
+def _accumulate_bt(A, Bt, C, m, n, k):
+    isz = A.itemsize
+    pa, pb, pc = np.int64(A.ctypes.data), np.int64(Bt.ctypes.data), np.int64(C.ctypes.data)
+    as0, as1, bs1 = A.strides[0] // isz, A.strides[1] // isz, Bt.strides[1] // isz
+    if isz == 4:
+        small_gemm_bt_f32(m, n, k, pa, as0, as1, pb, bs1, pc, True)
+    else:
+        small_gemm_bt_f64(m, n, k, pa, as0, as1, pb, bs1, pc, True)
 
 
 def test_accumulate_is_one_addition():
@@ -144,6 +177,7 @@ def test_narrow_vectors_same_bits(tmp_path):
     import sys
     rng = np.random.default_rng(8)
     cases = [(int(m), int(n), int(k)) for m, n, k in rng.integers(1, 45, size=(12, 3))]
+    cases += [(16, 64, 64), (16, 64, 32), (32, 16, 16), (8, 24, 16)]   # vector blocks (m, n, k)
     A = [rng.standard_normal((m, k)).astype(np.float32) for m, n, k in cases]
     B = [rng.standard_normal((k, n)).astype(np.float32) for m, n, k in cases]
     np.savez(tmp_path / "in.npz", *A, *B)
