@@ -238,6 +238,22 @@ def _driver(kernels, transpose, width, isz, ptr, ty):
                     C[i * n + j0 + j] = Cp[i * width + j]
 
     @njit(**NJIT_INNER)
+    def copy_t(src, s0, s1, rows, cols, dst):  # pragma: no cover
+        """dst (cols x rows, contiguous) = the transpose of src (rows x cols, element strides s0,
+        s1): square blocks through ``transpose`` when src's rows are contiguous and the sizes are
+        whole blocks, else element by element."""
+        if s1 == 1 and rows % width == 0 and cols % width == 0:
+            for r0 in range(0, rows, width):
+                for c0 in range(0, cols, width):
+                    transpose(src + (r0 * s0 + c0) * isz, s0, dst + (c0 * rows + r0) * isz, rows, False)
+            return
+        S = ptr(src)
+        T = ptr(dst)
+        for r in range(rows):
+            for c in range(cols):
+                T[c * rows + r] = S[r * s0 + c * s1]
+
+    @njit(**NJIT_INNER)
     def small_gemm_bt(m, n, k, pa, as0, as1, pb, bs1, pc, accumulate):  # pragma: no cover
         """small_gemm for B (k x n) with contiguous columns bs1 elements apart (B = W.T). Either B's
         transpose is copied into rows (k*n moves), or, when that moves less, A's transpose is (none
@@ -253,15 +269,7 @@ def _driver(kernels, transpose, width, isz, ptr, ty):
                 pq, lq = pa, as1
             else:
                 pq, lq = Q.ctypes.data, m
-                if as1 == 1 and m % width == 0 and k % width == 0:
-                    for i0 in range(0, m, width):
-                        for p0 in range(0, k, width):
-                            transpose(pa + (i0 * as0 + p0) * isz, as0, pq + (p0 * m + i0) * isz, m, False)
-                else:
-                    A = ptr(pa)
-                    for i in range(m):
-                        for p in range(k):
-                            Q[p * m + i] = A[i * as0 + p * as1]
+                copy_t(pa, as0, as1, m, k, pq)
             small_gemm(n, m, k, pb, bs1, 1, pq, lq, pd, False)
             if m % width == 0 and n % width == 0:
                 for j0 in range(0, n, width):
@@ -280,15 +288,7 @@ def _driver(kernels, transpose, width, isz, ptr, ty):
             return
         P = np.empty(k * n, ty)
         pp = P.ctypes.data
-        if k % width == 0 and n % width == 0:
-            for j0 in range(0, n, width):
-                for p0 in range(0, k, width):
-                    transpose(pb + (j0 * bs1 + p0) * isz, bs1, pp + (p0 * n + j0) * isz, n, False)
-        else:
-            B = ptr(pb)
-            for p in range(k):
-                for j in range(n):
-                    P[p * n + j] = B[p + j * bs1]
+        copy_t(pb, bs1, 1, n, k, pp)        # B's transpose is W (n x k, rows bs1 apart)
         small_gemm(m, n, k, pa, as0, as1, pp, n, pc, accumulate)
         _alive(P, P)
     return small_gemm, small_gemm_bt
