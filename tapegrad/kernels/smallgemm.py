@@ -285,6 +285,7 @@ def _driver(kernels, transpose, width, isz, ptr, ty):
                 else:
                     for j in range(n):
                         C[i * n + j] = D[j * m + i]
+            _alive(Q, D)
             return
         P = np.empty(k * n, ty)
         pp = P.ctypes.data
