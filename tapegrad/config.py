@@ -74,6 +74,13 @@ if DEFER_SCIPY_LINALG:
 import numba  # noqa: E402
 
 numba.config.CACHE_DIR = CACHE_DIR
+#: processes that fill the cache at once lock its index and data files (Note [cache lock] in
+#: _cachelock.py: without it two of them can leave one variant's machine code under another's
+#: key); TAPEGRAD_CACHE_LOCK=0 leaves Numba's cache files as Numba writes them
+CACHE_LOCK = os.environ.get("TAPEGRAD_CACHE_LOCK", "1") not in ("", "0")
+if CACHE_LOCK:
+    from ._cachelock import install as _install_cache_lock
+    _install_cache_lock(_cache_dir())
 #: threading layer of the parallel tile loops. GNU OpenMP's idle workers spin after each
 #: parallel region and steal both cores from OpenBLAS: numpy matmuls inside a training step
 #: ran 6-9x slower (0.46 ms -> 2.9-4.1 ms measured); workqueue threads sleep.
