@@ -30,7 +30,7 @@ Numba's own reports: numba/numba#4807, #10128 (its developers suggest a file loc
 ``install(root)`` (config.py, after Numba is imported) wraps ``save``, ``load`` and
 ``flush`` of ``numba.core.caching.IndexDataCacheFile``: for a cache directory
 inside ``root`` (NUMBA_CACHE_DIR or tapegrad's default, config._cache_dir(): every
-kernel hash's CACHE_DIR, and the user's own ``cache=True`` functions, which Numba
+kernel hash's CACHE_DIR, and the user's own cached functions, which Numba
 caches there once tapegrad is imported), ``save`` and ``flush`` hold an
 exclusive ``flock`` on ``<that directory>/.tapegrad-cache.lock`` from reading the
 index to writing the data file, and ``load`` holds a shared one from reading the
