@@ -254,6 +254,8 @@ class _OneCall:
                     return None
                 need(2)["opt"] = (opt, S.KERNELS.index(name))
             else:                       # "call": zero_grad, grad = None (Python)
+                if getattr(payload, "after_copies", False) and not any(isinstance(a, dict) for a in acts):
+                    acts.append({"last": 0, "lo": 0, "hi": 0, "bwd": None, "opt": None})   # the copies first
                 acts.append(payload)
                 cur = None
         forward(prog.r1)

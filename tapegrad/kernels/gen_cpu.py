@@ -297,8 +297,10 @@ def _bwd_typed_{{suf}}(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c, PF):  
 # ws1, bias, bs; (2, mm: A @ B) m, k, n, A, as0, as1, B, bs0, bs1; (3, mse_loss) N, x, t, mean;
 # (4, a view) N, offset, nd, shape[nd], strides[nd]: the view's elements in its input's gradient;
 # (5, broadcast add (E[d + 1] = 0) or sub (1) of contiguous inputs) N, x, y, alpha's bits, nd,
-# shape[nd], x strides[nd], y strides[nd] (0 on broadcast dimensions). Strides in elements; the
-# inputs' gradients are contiguous (their producers' buffers).
+# shape[nd], x strides[nd], y strides[nd] (0 on broadcast dimensions); (6, log_softmax over the
+# rows of a contiguous R x C matrix) R, C, x; (7, nll_loss of contiguous N x C log-probabilities,
+# E[d + 1] the reduction: 0 none, 1 mean, 2 sum) N, C, x, targets (int64, contiguous),
+# ignore_index. Strides in elements; the inputs' gradients are contiguous (their producers' buffers).
 @njit(**NJIT_INNER)
 def _rm_gemm_{{suf}}(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # pragma: no cover
     """Row-major C (m x n, contiguous) = alpha A B + beta C for A (m x k) and B (k x n) given by
@@ -390,6 +392,44 @@ def _nat_fwd_{{suf}}(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
         return
     if kind == 4:
         return          # a view: its output is its input's storage
+    if kind == 6:       # (in double: max, sum of exp, log; one rounding to the output's dtype)
+        R, C = d[2], d[3]
+        x = {{ptr}}(d[4])
+        y = {{ptr}}(o)
+        for i in range(R):
+            b = i * C
+            m = np.float64(x[b])
+            for j in range(1, C):
+                if x[b + j] > m:
+                    m = np.float64(x[b + j])
+            s = 0.0
+            for j in range(C):
+                s += np.exp(np.float64(x[b + j]) - m)
+            ls = np.log(s)
+            for j in range(C):
+                y[b + j] = {{ty}}(np.float64(x[b + j]) - m - ls)
+        return
+    if kind == 7:       # (the targets were checked before this runs: ops/pyops.py's nll_check)
+        N, C, ign = d[2], d[3], d[6]
+        x = {{ptr}}(d[4])
+        t = i64p(d[5])
+        y = {{ptr}}(o)
+        acc = 0.0
+        cnt = 0
+        for i in range(N):
+            c = t[i]
+            v = 0.0
+            if c != ign:
+                cnt += 1
+                v = -np.float64(x[i * C + c]) if 0 <= c < C else np.nan
+            if d[1] == 0:
+                y[i] = {{ty}}(v)
+            acc += v
+        if d[1] == 1:
+            y[0] = {{ty}}(acc / cnt)     # (no target kept: 0 / 0, nan, as torch)
+        elif d[1] == 2:
+            y[0] = {{ty}}(acc)
+        return
     if kind == 5:
         N, nd = d[2], d[6]
         al = {{ty}}(f64p(pd + 40)[0])
@@ -467,6 +507,40 @@ def _nat_bwd_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pra
             ox = _offsets(N, nd, pd + 40, pd + 40 + 8 * nd)
             for i in range(N):
                 X[ox[i]] += G[i]
+        return
+    if kind == 6:       # dx += g - exp(out) * (g summed over the row)
+        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if gx != 0:
+            R, C = d[2], d[3]
+            X = {{ptr}}(gx)
+            G = {{ptr}}(gq)
+            Y = {{ptr}}(o)
+            for i in range(R):
+                b = i * C
+                s = 0.0
+                for j in range(C):
+                    s += G[b + j]
+                for j in range(C):
+                    X[b + j] += {{ty}}(G[b + j] - np.exp(np.float64(Y[b + j])) * s)
+        return
+    if kind == 7:       # dx[i, t[i]] += -g (none, sum) or -g / (targets kept) (mean)
+        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+        if gx != 0:
+            N, C, ign = d[2], d[3], d[6]
+            X = {{ptr}}(gx)
+            t = i64p(d[5])
+            G = {{ptr}}(gq)
+            v = -np.float64(G[0])
+            if d[1] == 1:
+                cnt = 0
+                for i in range(N):
+                    if t[i] != ign:
+                        cnt += 1
+                v = v / cnt
+            for i in range(N):
+                c = t[i]
+                if c != ign and 0 <= c < C:
+                    X[i * C + c] += {{ty}}(-np.float64(G[i]) if d[1] == 0 else v)
         return
     if kind == 5:
         N, nd = d[2], d[6]

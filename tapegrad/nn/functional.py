@@ -10,6 +10,7 @@ that of the last composite step (``MeanBackward0``, ``NegBackward0``...).
 
 Arguments, reductions, warnings and error messages follow PyTorch 2.13.
 """
+import functools
 import warnings
 
 import numpy as np
@@ -292,6 +293,14 @@ def _nll_2d(input, target, ignore_index, reduction, C):
     n = input.shape[0]
     from ..tensor import _empty
     out = _empty(() if reduction != "none" else (n,), input.dtype)
+    nat = None      # Note [native nll_loss]
+    if input._contig and target._contig and P._native_ok(out, [input]):
+        nat = [7, _NLL_REDUCTION[reduction], n, C, input._addr, target._addr, ignore_index]
+        if TAPE.capture is not None:
+            check = functools.partial(_nll_check, target, ignore_index, C)
+            check.after_copies = True   # (a one-call replay copies the arguments in before it runs)
+            check()     # (the capturing call's targets: not a read the replay would guard on)
+            TAPE.capture.add("call", check)
 
     def fwd(xv, tv):
         rows, cls, kept = _nll_picks(tv, ignore_index, C)
@@ -307,7 +316,26 @@ def _nll_2d(input, target, ignore_index, reduction, C):
         scale = -g if reduction == "none" else (-g / kept.sum() if reduction == "mean" else -g)
         gx[rows, cls] = np.where(kept, scale, 0.0)
         return gx, None
-    return P.record(_NLL, out, [input, target], fwd, bwd, lin=True)
+    return P.record(_NLL, out, [input, target], fwd, bwd, lin=True, native=nat)
+
+
+# Note [native nll_loss]: nll_loss of a contiguous (N, C) float matrix and contiguous int64 targets
+# is a native record (kind 7, kernels/gen_cpu.py; log_softmax over its rows is kind 6), so a
+# classifier's training step replays in one jitted call (capture.py's Note [one call a step]). The
+# kernel cannot raise torch's IndexError for a target out of range, so the targets are checked in
+# Python first: eagerly when the record is made (above); in a captured step, by a "call" event at
+# the record's place, which a replay runs after the rows before it (the targets' values are there:
+# the arguments copied in, anything the step computed them from run) and before the record itself,
+# the backward and the update: a bad batch raises with the parameters untouched, as the eager step
+# would. The kernel skips a target out of range rather than read outside the row (nan for its loss).
+_NLL_REDUCTION = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _nll_check(target, ignore_index, C):
+    from ..tape.tape import TAPE
+    if TAPE.flushed < TAPE.next_index:
+        TAPE.flush()
+    _nll_picks(np.asarray(target._view_np(), np.int64), ignore_index, C)
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

@@ -1369,7 +1369,10 @@ def softmax(x, dim, log=False):
         if log:
             return (g - np.exp(o) * np.sum(g, axis=ax, keepdims=o.ndim > 0),)
         return (o * (g - np.sum(g * o, axis=ax, keepdims=o.ndim > 0)),)
-    return record("log_softmax" if log else "softmax", out, [x], fwd, bwd, attrs={"dim": d})
+    nat = None          # (Note [native records]: the rows of a contiguous matrix, a classifier's loss)
+    if log and d == 1 and len(x._shape) == 2 and x._contig and _native_ok(out, [x]):
+        nat = [6, 0, x._shape[0], x._shape[1], x._addr]
+    return record("log_softmax" if log else "softmax", out, [x], fwd, bwd, attrs={"dim": d}, native=nat)
 
 
 def clamp(x, lo, hi, single=False):

@@ -71,6 +71,13 @@ def _check_native(tape, spans, i, out, d, code, gaddr):
         shape = E[d + 7:d + 7 + nd]
         checks = [("out", out, N), ("x", E[d + 3], byte_span(shape, E[d + 7 + nd:d + 7 + 2 * nd], 1)),
                   ("y", E[d + 4], byte_span(shape, E[d + 7 + 2 * nd:d + 7 + 3 * nd], 1))]
+    elif kind == 6:
+        RC = E[d + 2] * E[d + 3]
+        checks = [("out", out, RC), ("x", E[d + 4], RC)]
+    elif kind == 7:
+        N = E[d + 2]
+        checks = [("out", out, N if E[d + 1] == 0 else 1), ("x", E[d + 4], N * E[d + 3]),
+                  ("targets", E[d + 5], N * 8 // isz)]     # (int64: in elements of the float dtype)
     else:
         m, k, n = E[d + 2], E[d + 3], E[d + 4]
         bshape = (n, k) if kind == 1 else (k, n)
