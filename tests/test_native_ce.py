@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import tapegrad as tg
 import tapegrad.nn.functional as F
 from tapegrad import config
-from test_capture import ONE_CALL_ON, Twin, _program, assert_same, assert_twins_same, tensors, twins
+from test_capture import ONE_CALL_ON, _mlp, _program, assert_same, assert_twins_same, tensors, twins
 from test_native import is_native
 
 nn = tg.nn
@@ -145,19 +145,8 @@ def test_torch_parity():
 # ----- captured steps ------------------------------------------------------------------------
 
 def _classifier(ignore_index=IGN, reduction="mean"):
-    def build():
-        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 5))
-        opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        loss_fn = nn.CrossEntropyLoss(ignore_index=ignore_index, reduction=reduction)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-        return Twin(step, model.parameters(), opt)
-    return build
+    return _mlp(tg.optim.SGD, nn.CrossEntropyLoss(ignore_index=ignore_index, reduction=reduction), 5,
+                lr=0.1, momentum=0.9)
 
 
 def _batches(k, seed, ignored=False, n=8):
