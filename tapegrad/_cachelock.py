@@ -50,6 +50,8 @@ except ImportError:       # Windows: Numba's own behaviour
 
 LOCK_NAME = ".tapegrad-cache.lock"
 _MARK = "_tapegrad_cache_lock"
+#: the methods wrapped, and whether each takes the lock exclusively
+_METHODS = (("save", True), ("flush", True), ("load", False))
 
 
 def _inside(path, root):
@@ -57,45 +59,32 @@ def _inside(path, root):
     return path == root or path.startswith(root + os.sep)
 
 
-class _Flock:
-    """``flock`` on ``directory/LOCK_NAME`` for the length of a ``with`` block. A
-    lock that cannot be taken (no write access, say) is skipped: Numba's cache
-    then behaves as without tapegrad."""
-    __slots__ = ("path", "mode", "fd")
-
-    def __init__(self, directory, exclusive):
-        self.path = os.path.join(directory, LOCK_NAME)
-        self.mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        self.fd = None
-
-    def __enter__(self):
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:
-            return self
-        try:
-            fcntl.flock(fd, self.mode)
-        except OSError:
-            os.close(fd)
-            return self
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)         # closing the descriptor releases the lock
-            self.fd = None
-        return False
+def _flock(directory, exclusive):
+    """A descriptor of ``directory/LOCK_NAME`` holding its ``flock`` (closing it releases
+    the lock), or None where the lock cannot be taken (no write access, say): Numba's
+    cache then behaves as without tapegrad."""
+    try:
+        fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _locked(method, exclusive, root):
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         directory = self._cache_path
-        if not _inside(directory, root):
+        fd = _flock(directory, exclusive) if _inside(directory, root) else None
+        try:
             return method(self, *args, **kwargs)
-        with _Flock(directory, exclusive):
-            return method(self, *args, **kwargs)
+        finally:
+            if fd is not None:
+                os.close(fd)
     setattr(wrapper, _MARK, method)
     return wrapper
 
@@ -108,10 +97,10 @@ def install(root):
         return False
     from numba.core import caching
     cls = getattr(caching, "IndexDataCacheFile", None)
-    if cls is None or not all(hasattr(cls, m) for m in ("save", "load", "flush")):
+    if cls is None or not all(hasattr(cls, m) for m, _ in _METHODS):
         return False     # a Numba whose cache is built differently: left alone
     root = os.path.abspath(root)
-    for name, exclusive in (("save", True), ("flush", True), ("load", False)):
+    for name, exclusive in _METHODS:
         method = getattr(cls, name)
         method = getattr(method, _MARK, method)
         setattr(cls, name, _locked(method, exclusive, root))
@@ -122,6 +111,6 @@ def uninstall():
     """Put Numba's own methods back (tests)."""
     from numba.core import caching
     cls = caching.IndexDataCacheFile
-    for name in ("save", "flush", "load"):
+    for name, _ in _METHODS:
         method = getattr(cls, name)
         setattr(cls, name, getattr(method, _MARK, method))

@@ -104,48 +104,48 @@ def test_without_the_lock_numba_races(tmp_path):
     assert check.returncode == 0 or "racefn" in check.stderr
 
 
-def test_outside_the_root_is_left_to_numba(tmp_path):
+@pytest.fixture
+def reinstall():
+    """Put the lock back as config.py installed it, after a test that installs its own."""
+    yield
+    if config.CACHE_LOCK:
+        _cachelock.install(config._cache_dir())
+    else:
+        _cachelock.uninstall()
+
+
+def test_outside_the_root_is_left_to_numba(tmp_path, reinstall):
     from numba.core import caching
     root = tmp_path / "root"
     other = tmp_path / "other"
     root.mkdir()
     other.mkdir()
-    try:
-        assert _cachelock.install(str(root))
-        for d in (root, other):
-            f = caching.IndexDataCacheFile(str(d), "fn-1.py3", ("stamp", 1))
-            f.save(("sig",), b"payload")
-            assert f.load(("sig",)) == b"payload"
-            assert f.load(("other",)) is None
-        assert (root / _cachelock.LOCK_NAME).exists()
-        assert not (other / _cachelock.LOCK_NAME).exists()
-    finally:
-        if config.CACHE_LOCK:
-            _cachelock.install(config._cache_dir())
-        else:
-            _cachelock.uninstall()
+    assert _cachelock.install(str(root))
+    for d in (root, other):
+        f = caching.IndexDataCacheFile(str(d), "fn-1.py3", ("stamp", 1))
+        f.save(("sig",), b"payload")
+        assert f.load(("sig",)) == b"payload"
+        assert f.load(("other",)) is None
+    assert (root / _cachelock.LOCK_NAME).exists()
+    assert not (other / _cachelock.LOCK_NAME).exists()
 
 
-def test_install_again_does_not_nest():
+def test_install_again_does_not_nest(reinstall):
     from numba.core import caching
-    originals = {m: getattr(getattr(caching.IndexDataCacheFile, m), _cachelock._MARK, None) for m in ("save", "load", "flush")}
-    try:
-        _cachelock.install("/nonexistent-a")
-        _cachelock.install("/nonexistent-b")
-        for m, orig in originals.items():
-            inner = getattr(getattr(caching.IndexDataCacheFile, m), _cachelock._MARK)
-            assert getattr(inner, _cachelock._MARK, None) is None     # one wrapper deep
-            if orig is not None:
-                assert inner is orig
-        _cachelock.uninstall()
-        for m in originals:
-            assert getattr(getattr(caching.IndexDataCacheFile, m), _cachelock._MARK, None) is None
-    finally:
-        if config.CACHE_LOCK:
-            _cachelock.install(config._cache_dir())
+    originals = {m: getattr(getattr(caching.IndexDataCacheFile, m), _cachelock._MARK, None) for m, _ in _cachelock._METHODS}
+    _cachelock.install("/nonexistent-a")
+    _cachelock.install("/nonexistent-b")
+    for m, orig in originals.items():
+        inner = getattr(getattr(caching.IndexDataCacheFile, m), _cachelock._MARK)
+        assert getattr(inner, _cachelock._MARK, None) is None     # one wrapper deep
+        if orig is not None:
+            assert inner is orig
+    _cachelock.uninstall()
+    for m in originals:
+        assert getattr(getattr(caching.IndexDataCacheFile, m), _cachelock._MARK, None) is None
 
 
-def test_a_held_lock_holds_the_writer(tmp_path):
+def test_a_held_lock_holds_the_writer(tmp_path, reinstall):
     """A process holding the lock exclusively keeps another's save waiting, and a
     load (shared) from a second reader does not wait for the first reader."""
     import fcntl
@@ -153,23 +153,17 @@ def test_a_held_lock_holds_the_writer(tmp_path):
     from numba.core import caching
     root = tmp_path / "root"
     root.mkdir()
-    try:
-        _cachelock.install(str(root))
-        f = caching.IndexDataCacheFile(str(root), "fn-1.py3", ("stamp", 1))
-        f.save(("sig",), b"one")
-        fd = os.open(str(root / _cachelock.LOCK_NAME), os.O_RDWR)
-        fcntl.flock(fd, fcntl.LOCK_SH)              # a reader in another process, say
-        assert f.load(("sig",)) == b"one"           # readers share
-        done = threading.Event()
-        t = threading.Thread(target=lambda: (f.save(("sig2",), b"two"), done.set()))
-        t.start()
-        assert not done.wait(0.3)                   # the writer waits for the reader
-        os.close(fd)
-        assert done.wait(10)
-        t.join()
-        assert f.load(("sig2",)) == b"two" and f.load(("sig",)) == b"one"
-    finally:
-        if config.CACHE_LOCK:
-            _cachelock.install(config._cache_dir())
-        else:
-            _cachelock.uninstall()
+    _cachelock.install(str(root))
+    f = caching.IndexDataCacheFile(str(root), "fn-1.py3", ("stamp", 1))
+    f.save(("sig",), b"one")
+    fd = os.open(str(root / _cachelock.LOCK_NAME), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_SH)              # a reader in another process, say
+    assert f.load(("sig",)) == b"one"           # readers share
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (f.save(("sig2",), b"two"), done.set()))
+    t.start()
+    assert not done.wait(0.3)                   # the writer waits for the reader
+    os.close(fd)
+    assert done.wait(10)
+    t.join()
+    assert f.load(("sig2",)) == b"two" and f.load(("sig",)) == b"one"

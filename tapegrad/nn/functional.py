@@ -288,8 +288,7 @@ def _nll_picks(tv, ignore_index, C):
 def _nll_2d(input, target, ignore_index, reduction, C):
     """nll_loss of (N, C) log-probabilities and (N,) class indices, without class weights."""
     from ..tape.tape import TAPE
-    if TAPE.capture is None:     # torch's error now, before anything is recorded (a capture checks at run time)
-        _nll_picks(np.asarray(target._values(), np.int64), ignore_index, C)
+    _nll_check(target, ignore_index, C)     # torch's error now, before anything is recorded
     n = input.shape[0]
     from ..tensor import _empty
     out = _empty(() if reduction != "none" else (n,), input.dtype)
@@ -299,7 +298,6 @@ def _nll_2d(input, target, ignore_index, reduction, C):
         if TAPE.capture is not None:
             check = functools.partial(_nll_check, target, ignore_index, C)
             check.after_copies = True   # (a one-call replay copies the arguments in before it runs)
-            check()     # (the capturing call's targets: not a read the replay would guard on)
             TAPE.capture.add("call", check)
 
     def fwd(xv, tv):
@@ -323,7 +321,7 @@ def _nll_2d(input, target, ignore_index, reduction, C):
 # is a native record (kind 7, kernels/gen_cpu.py; log_softmax over its rows is kind 6), so a
 # classifier's training step replays in one jitted call (capture.py's Note [one call a step]). The
 # kernel cannot raise torch's IndexError for a target out of range, so the targets are checked in
-# Python first: eagerly when the record is made (above); in a captured step, by a "call" event at
+# Python first: when the record is made (above); in a captured step, also by a "call" event at
 # the record's place, which a replay runs after the rows before it (the targets' values are there:
 # the arguments copied in, anything the step computed them from run) and before the record itself,
 # the backward and the update: a bad batch raises with the parameters untouched, as the eager step
@@ -332,6 +330,8 @@ _NLL_REDUCTION = {"none": 0, "mean": 1, "sum": 2}
 
 
 def _nll_check(target, ignore_index, C):
+    """_nll_picks's IndexError for the targets' current values. Not ``target._values()``: in a
+    step being captured that is a read the replay would guard on (new labels: eager again)."""
     from ..tape.tape import TAPE
     if TAPE.flushed < TAPE.next_index:
         TAPE.flush()
