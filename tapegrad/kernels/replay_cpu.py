@@ -1768,7 +1768,7 @@ def _nat_fwd_f32(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
     one = np.float32(1.0)
     zero = np.float32(0.0)
     if u2 != 0:         # B's transpose, packed by forward_f32 (the product small_gemm_bt computes)
-        small_gemm_f32(m, n, k, d[5], d[6], d[7], u2, n, o, False)
+        small_gemm_f32(m, n, k, d[5], d[6], d[7], u2, n, o, np.bool_(False))
     elif kind == 1:     # x @ W.T: W.T has W's strides swapped
         _rm_gemm_f32(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[10], d[9], zero, o)
     else:
@@ -1881,13 +1881,14 @@ def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma:
                     X[ox[i]] += f * G[i]
         return
     m, k, n = d[2], d[3], d[4]
+    i1 = np.int64(1)    # not the literal 1: Note [no literal arguments] in kernels/smallgemm.py
     if kind == 1:
         gx = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gx != 0:     # dx (m x k) += G (m x n) W (n x k)
-            _rm_gemm_f32(d[1], m, k, n, one, gq, n, 1, d[8], d[9], d[10], one, gx)
+            _rm_gemm_f32(d[1], m, k, n, one, gq, n, i1, d[8], d[9], d[10], one, gx)
         gw = _grad_addr(p[2], PG, PLA, PLS, PLN, base)
         if gw != 0:     # dW (n x k) += G.T (n x m) x (m x k)
-            _rm_gemm_f32(d[1], n, k, m, one, gq, 1, n, d[5], d[6], d[7], one, gw)
+            _rm_gemm_f32(d[1], n, k, m, one, gq, i1, n, d[5], d[6], d[7], one, gw)
         gb = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dbias += G summed over rows
             B = f32p(gb)
@@ -1900,16 +1901,16 @@ def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma:
     else:
         ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
-            _rm_gemm_f32(d[1], m, k, n, one, gq, n, 1, d[8], d[10], d[9], one, ga)
+            _rm_gemm_f32(d[1], m, k, n, one, gq, n, i1, d[8], d[10], d[9], one, ga)
         gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
-            _rm_gemm_f32(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, 1, one, gb)
+            _rm_gemm_f32(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, i1, one, gb)
         elif p[1] >= base:
             # B = W.T, a view this pass folded (Note [folded transposes] in kernels/lifetime.py):
             # dW (n x k) += G.T (n x m) A (m x k), into W's gradient, as addmm's weight
             gw = _grad_addr(i64p(PE)[i64p(PT)[(p[1] - base) * NCOL + 3] + 1], PG, PLA, PLS, PLN, base)
             if gw != 0:
-                _rm_gemm_f32(d[1], n, k, m, one, gq, 1, n, d[5], d[6], d[7], one, gw)
+                _rm_gemm_f32(d[1], n, k, m, one, gq, i1, n, d[5], d[6], d[7], one, gw)
 
 
 @njit(**NJIT_INNER)
@@ -2397,7 +2398,7 @@ def _nat_fwd_f64(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
     one = np.float64(1.0)
     zero = np.float64(0.0)
     if u2 != 0:         # B's transpose, packed by forward_f64 (the product small_gemm_bt computes)
-        small_gemm_f64(m, n, k, d[5], d[6], d[7], u2, n, o, False)
+        small_gemm_f64(m, n, k, d[5], d[6], d[7], u2, n, o, np.bool_(False))
     elif kind == 1:     # x @ W.T: W.T has W's strides swapped
         _rm_gemm_f64(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[10], d[9], zero, o)
     else:
@@ -2510,13 +2511,14 @@ def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma:
                     X[ox[i]] += f * G[i]
         return
     m, k, n = d[2], d[3], d[4]
+    i1 = np.int64(1)    # not the literal 1: Note [no literal arguments] in kernels/smallgemm.py
     if kind == 1:
         gx = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gx != 0:     # dx (m x k) += G (m x n) W (n x k)
-            _rm_gemm_f64(d[1], m, k, n, one, gq, n, 1, d[8], d[9], d[10], one, gx)
+            _rm_gemm_f64(d[1], m, k, n, one, gq, n, i1, d[8], d[9], d[10], one, gx)
         gw = _grad_addr(p[2], PG, PLA, PLS, PLN, base)
         if gw != 0:     # dW (n x k) += G.T (n x m) x (m x k)
-            _rm_gemm_f64(d[1], n, k, m, one, gq, 1, n, d[5], d[6], d[7], one, gw)
+            _rm_gemm_f64(d[1], n, k, m, one, gq, i1, n, d[5], d[6], d[7], one, gw)
         gb = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dbias += G summed over rows
             B = f64p(gb)
@@ -2529,16 +2531,16 @@ def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma:
     else:
         ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
-            _rm_gemm_f64(d[1], m, k, n, one, gq, n, 1, d[8], d[10], d[9], one, ga)
+            _rm_gemm_f64(d[1], m, k, n, one, gq, n, i1, d[8], d[10], d[9], one, ga)
         gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
-            _rm_gemm_f64(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, 1, one, gb)
+            _rm_gemm_f64(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, i1, one, gb)
         elif p[1] >= base:
             # B = W.T, a view this pass folded (Note [folded transposes] in kernels/lifetime.py):
             # dW (n x k) += G.T (n x m) A (m x k), into W's gradient, as addmm's weight
             gw = _grad_addr(i64p(PE)[i64p(PT)[(p[1] - base) * NCOL + 3] + 1], PG, PLA, PLS, PLN, base)
             if gw != 0:
-                _rm_gemm_f64(d[1], n, k, m, one, gq, 1, n, d[5], d[6], d[7], one, gw)
+                _rm_gemm_f64(d[1], n, k, m, one, gq, i1, n, d[5], d[6], d[7], one, gw)
 
 
 @njit(**NJIT_INNER)

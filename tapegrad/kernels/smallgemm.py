@@ -33,6 +33,16 @@ Measured against OpenBLAS through the replay's own gemm call (float32, this VM,
 32-byte vectors): 16x64x64 1.13 vs 2.39 us, 64x64x64 4.8 vs 5.8 us; 128x64x128
 19.9 vs 13.7 us (BLAS ahead from there: SMALL_GEMM_MAX). With 64-byte vectors:
 16x64x64 0.58 us, 64x16x64 0.62 us.
+
+Note [no literal arguments]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~
+A jitted function that calls another with a constant argument (``1``, ``False``, a closure's
+``width``) types that argument as ``Literal[int](1)``, and Numba compiles the callee, with
+everything it calls, once more for that literal: a cold first W5a step spent 17.6 s compiling
+``_rm_gemm_f32`` four times (three of them for the ``n, 1`` / ``1, n`` strides of the backward's
+products) and 18 s more in literal variants of the functions below (session 28, timing
+``Dispatcher.compile``). Constants passed to jitted callees are written ``np.int64(1)`` /
+``np.bool_(False)`` (typed int64 / bool, not literal): one compile per real signature.
 """
 import numpy as np
 from llvmlite import ir
@@ -41,6 +51,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..config import NJIT_INNER, VECTOR_BYTES
+from .ptr import addr_of
 
 _I64 = ir.IntType(64)
 
@@ -198,7 +209,7 @@ def _column_block(m8, m4, m1, isz):
 @njit(**NJIT_INNER)
 def _alive(a, b):  # pragma: no cover
     """Nothing; called after the last raw-address use of scratch arrays a and b. Numba releases
-    an array after the last statement that names it, and ``pq = Q.ctypes.data`` names it before
+    an array after the last statement that names it, and ``pq = addr_of(Q)`` names it before
     the kernels read it through the address: the call keeps it (and its memory) until here."""
     return a.size + b.size
 
@@ -232,10 +243,11 @@ def _driver(kernels, transpose, width, isz, ptr, ty):
                 for i in range(m):
                     for j in range(w):
                         Cp[i * width + j] = C[i * n + j0 + j]
-            one(m, k, pa, as0, as1, Bp.ctypes.data, width, Cp.ctypes.data, width, accumulate)
+            one(m, k, pa, as0, as1, addr_of(Bp), np.int64(width), addr_of(Cp), np.int64(width), accumulate)
             for i in range(m):
                 for j in range(w):
                     C[i * n + j0 + j] = Cp[i * width + j]
+            _alive(Bp, Cp)
 
     @njit(**NJIT_INNER)
     def copy_t(src, s0, s1, rows, cols, dst):  # pragma: no cover
@@ -264,13 +276,13 @@ def _driver(kernels, transpose, width, isz, ptr, ty):
         if m * (k + n) < k * n:
             Q = np.empty(0 if as0 == 1 else k * m, ty)
             D = np.empty(n * m, ty)
-            pd = D.ctypes.data
+            pd = addr_of(D)
             if as0 == 1:                      # A.T has contiguous rows: read in place
                 pq, lq = pa, as1
             else:
-                pq, lq = Q.ctypes.data, m
+                pq, lq = addr_of(Q), m
                 copy_t(pa, as0, as1, m, k, pq)
-            small_gemm(n, m, k, pb, bs1, 1, pq, lq, pd, False)
+            small_gemm(n, m, k, pb, bs1, np.int64(1), pq, lq, pd, np.bool_(False))
             if m % width == 0 and n % width == 0:
                 for j0 in range(0, n, width):
                     for i0 in range(0, m, width):
@@ -288,8 +300,8 @@ def _driver(kernels, transpose, width, isz, ptr, ty):
             _alive(Q, D)
             return
         P = np.empty(k * n, ty)
-        pp = P.ctypes.data
-        copy_t(pb, bs1, 1, n, k, pp)        # B's transpose is W (n x k, rows bs1 apart)
+        pp = addr_of(P)
+        copy_t(pb, bs1, np.int64(1), n, k, pp)        # B's transpose is W (n x k, rows bs1 apart)
         small_gemm(m, n, k, pa, as0, as1, pp, n, pc, accumulate)
         _alive(P, P)
     return small_gemm, small_gemm_bt
