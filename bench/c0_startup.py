@@ -1,25 +1,30 @@
 """C0: start-up and compile latency, measured in fresh Python processes.
 
-Each repetition starts a new interpreter that imports the peer, builds a
-tiny graph (``(tanh(x*w + 1) * sin(x)).sum()`` over 3-element tensors) and
-calls ``backward()`` once. Reported separately, in four tables:
+BENCHMARKS.md's C0: each repetition starts a new interpreter that imports the peer, builds W5a
+(article 001: ``nn.Linear(10, 1)``, ``nn.MSELoss()``, ``optim.SGD(lr=0.01)``, the batch of 100
+rows and the initial parameters of ``w5_article_loops.make_data``, read from a file) and runs one
+training step (``zero_grad(); loss_fn(model(x), y).backward(); step(); loss.item()``). Reported
+separately, in four tables:
 
 * import time (``import tapegrad`` / ``torch`` / ``numba`` / ``jax`` / ``autograd``),
-* first graph + backward time (recording, the first forward flush and the
-  first reverse replay: this is where JIT compilation or cache loading shows),
+* first W5a step time (building the model and the step: recording, the first forward flush,
+  the first reverse replay and the first SGD update: this is where JIT compilation or cache
+  loading shows; reading the data file is not timed),
 
 each with a **warm** cache (the default cache, primed by one untimed run
 first) and a **cold** cache (``NUMBA_CACHE_DIR`` pointed at a new, empty
 temp directory for every run). The ``njit`` peer is ``import numba`` plus
-the first call of a hand-written ``@njit(cache=True)`` gradient, the floor
-for a Numba-based package; ``jax`` and ``autograd`` import the package and
-its ``numpy`` and take the first ``grad`` of the same function (eager, no
-jit). torch, jax and autograd keep no Numba cache: their cold and warm runs
+the first call of a hand-written ``@njit(cache=True)`` step (forward, gradient, update), the
+floor for a Numba-based package; ``jax`` and ``autograd`` import the package and
+its ``numpy`` and take the first ``value_and_grad`` of the same loss (eager, no
+jit) and the update. torch, jax and autograd keep no Numba cache: their cold and warm runs
 differ only by noise. Children run with ``PYTHONDONTWRITEBYTECODE`` unset, so that
-the primed run leaves tapegrad's ``.pyc`` files as a user's would. Process wall time (interpreter start to exit) and the
-build/backward split are kept in the JSON rows' ``extra``. tapegrad's
-gradients are cross-checked against torch's (computed in this process).
-``--smoke`` runs the warm-cache tables only (a cold compile takes too long
+the primed run leaves tapegrad's ``.pyc`` files as a user's would. Process wall time
+(interpreter start to exit) and the build/step split are kept in the JSON rows' ``extra``.
+Every peer's loss and parameters after the step are cross-checked against a float64 NumPy
+step from the same data (rtol 1e-4). Until session 28 C0 timed a tiny graph,
+``(tanh(x*w + 1) * sin(x)).sum()`` and one ``backward()``, instead (results before
+2026-12-06). ``--smoke`` runs the warm-cache tables only (a cold compile takes too long
 for CI).
 """
 import json
@@ -33,14 +38,15 @@ import time
 import numpy as np
 
 from .harness import Row, Table, checked_row, loud
+from .w5_article_loops import LR, make_data
 
 ID = "C0"
 TITLE = "start-up"
 PEERS = ("tapegrad", "torch", "njit", "jax", "autograd")
 NO_NUMBA_CACHE = ("torch", "jax", "autograd")
-NOTES = {"njit": "import numba + first @njit(cache=True) call",
-         "jax": "import jax, jax.numpy + first jax.grad call (no jit)",
-         "autograd": "import autograd, autograd.numpy + first autograd.grad call"}
+NOTES = {"njit": "import numba + first call of a hand-written @njit(cache=True) step",
+         "jax": "import jax, jax.numpy + first jax.value_and_grad call (no jit)",
+         "autograd": "import autograd, autograd.numpy + first autograd.value_and_grad call"}
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK_DIR = os.path.join(tempfile.gettempdir(), "tapegrad-bench-c0")
 TIMEOUT_S = 600
@@ -49,65 +55,76 @@ TIMEOUT_S = 600
 #: NUMBA_CACHE_DIR (tapegrad.config does, with setdefault); children start from it
 _ORIGINAL_ENV = dict(os.environ)
 
-CHILD = r'''
-"""Child process of bench C0: prints one JSON line with its timings."""
+CHILD = r"""
+"Child process of bench C0: prints one JSON line with its timings."
 import json, sys, time
 t0 = time.perf_counter()
-peer = sys.argv[1]
+peer, data_path = sys.argv[1], sys.argv[2]
 if peer == "njit":
     import numpy as np
     import numba
-    t1 = time.perf_counter()
-
-    @numba.njit(cache=True)
-    def grads(x, w):
-        gx = np.empty_like(x)
-        gw = np.empty_like(w)
-        for i in range(x.shape[0]):
-            t = np.tanh(x[i] * w[i] + np.float32(1.0))
-            s = np.sin(x[i])
-            d = (np.float32(1.0) - t * t) * s
-            gx[i] = d * w[i] + t * np.cos(x[i])
-            gw[i] = d * x[i]
-        return gx, gw
-
-    x = np.array([0.5, -1.0, 2.0], np.float32)
-    w = np.array([1.5, 0.25, -0.75], np.float32)
-    t2 = time.perf_counter()
-    gx, gw = grads(x, w)
-    g = gx.tolist() + gw.tolist()
-    t3 = time.perf_counter()
-elif peer in ("jax", "autograd"):
-    import importlib
-    import numpy as np
-    mod = importlib.import_module(peer)
-    xnp = importlib.import_module(peer + ".numpy")
-    t1 = time.perf_counter()
-    x = np.array([0.5, -1.0, 2.0], np.float32)
-    w = np.array([1.5, 0.25, -0.75], np.float32)
-    f = lambda a: (xnp.tanh(a[0] * a[1] + 1.0) * xnp.sin(a[0])).sum()
-    t2 = time.perf_counter()
-    gx, gw = mod.grad(f)((x, w))
-    g = np.asarray(gx).tolist() + np.asarray(gw).tolist()
-    t3 = time.perf_counter()
 else:
     import importlib
-    tl = importlib.import_module(peer)
-    t1 = time.perf_counter()
-    x = tl.tensor([0.5, -1.0, 2.0], requires_grad=True)
-    w = tl.tensor([1.5, 0.25, -0.75], requires_grad=True)
-    y = (tl.tanh(x * w + 1.0) * tl.sin(x)).sum()
+    mod = importlib.import_module(peer)
+    xnp = importlib.import_module(peer + ".numpy") if peer in ("jax", "autograd") else None
+    import numpy as np
+t1 = time.perf_counter()
+with np.load(data_path) as f:                  # the batch and the initial parameters (untimed)
+    X, Y, W0, B0, lr = f["x"], f["y"], f["weight"], f["bias"], float(f["lr"])
+t1b = time.perf_counter()
+if peer == "njit":
+    @numba.njit(cache=True)
+    def step(X, Y, W, b, lr):
+        n = X.shape[0]
+        gW = np.zeros_like(W)
+        gb = np.zeros_like(b)
+        loss = np.float32(0.0)
+        for i in range(n):
+            o = b[0]
+            for j in range(X.shape[1]):
+                o += X[i, j] * W[0, j]
+            d = o - Y[i, 0]
+            loss += d * d
+            for j in range(X.shape[1]):
+                gW[0, j] += np.float32(2.0) * d * X[i, j] / n
+            gb[0] += np.float32(2.0) * d / n
+        W -= np.float32(lr) * gW
+        b -= np.float32(lr) * gb
+        return loss / n
+
+    W, b = W0.copy(), B0.copy()
     t2 = time.perf_counter()
-    y.backward()
-    g = x.grad.tolist() + w.grad.tolist()
-    t3 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "build": t2 - t1, "backward": t3 - t2,
-                  "first": t3 - t1, "grads": g}))
-'''
+    loss = float(step(X, Y, W, b, lr))
+    out = [loss] + W.ravel().tolist() + b.tolist()
+elif peer in ("jax", "autograd"):
+    grad = mod.value_and_grad if peer == "jax" else importlib.import_module("autograd").value_and_grad
+    f = lambda p: xnp.mean((xnp.dot(X, p[0].T) + p[1] - Y) ** 2)
+    t2 = time.perf_counter()
+    v, (gW, gb) = grad(f)((W0, B0))
+    W, b = W0 - lr * np.asarray(gW), B0 - lr * np.asarray(gb)
+    out = [float(v)] + np.asarray(W).ravel().tolist() + np.asarray(b).tolist()
+else:                                          # tapegrad / torch: article 001's loop, one step
+    nn, optim = mod.nn, mod.optim
+    x, y = mod.tensor(X), mod.tensor(Y)
+    model = nn.Linear(10, 1)
+    model.weight = nn.Parameter(mod.tensor(W0))
+    model.bias = nn.Parameter(mod.tensor(B0))
+    loss_fn = nn.MSELoss()
+    optimizer = optim.SGD(model.parameters(), lr=lr)
+    t2 = time.perf_counter()
+    optimizer.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    out = [loss.item()] + np.ravel(model.weight.tolist()).tolist() + model.bias.tolist()
+t3 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "build": t2 - t1b, "step": t3 - t2,
+                  "first": t3 - t1b, "result": out, "init": W0.ravel().tolist() + B0.tolist()}))
+"""
 
 
 def _child_script():
-    """Write the child script once (same path and mtime: numba's cache key)."""
+    """Write the child script and W5a's data once (same path and mtime: numba's cache key)."""
     os.makedirs(WORK_DIR, exist_ok=True)
     path = os.path.join(WORK_DIR, "c0_child.py")
     try:
@@ -118,7 +135,10 @@ def _child_script():
     if not same:
         with open(path, "w") as f:
             f.write(CHILD)
-    return path
+    x, y, init = make_data("W5a")
+    data = os.path.join(WORK_DIR, "c0_w5a.npz")
+    np.savez(data, x=x, y=y, weight=init["weight"], bias=init["bias"], lr=LR)
+    return path, data
 
 
 def _env(peer, cache_dir):
@@ -137,9 +157,10 @@ def _env(peer, cache_dir):
 
 
 def run_child(script, peer, cache_dir=None):
-    """One fresh process; returns its timings (plus ``process`` wall time)."""
+    """One fresh process; returns its timings (plus ``process`` wall time). ``script``: the
+    child's path and its data file's."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, script, peer], cwd=REPO_ROOT, env=_env(peer, cache_dir),
+    proc = subprocess.run([sys.executable, *script[:1], peer, *script[1:]], cwd=REPO_ROOT, env=_env(peer, cache_dir),
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     wall = time.perf_counter() - t0
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
@@ -176,13 +197,14 @@ def run(ctx):
         print("(C0 --smoke: warm cache only; the cold-cache compile is measured in full and --quick runs)")
     tables = {}
     for mode in modes:
-        for what, label in (("import", "import"), ("first", "first graph + backward")):
+        for what, label in (("import", "import"), ("first", "first W5a step")):
             tables[mode, what] = Table(
                 ID, f"{ID} {TITLE}: {label}, {mode} cache",
-                {"cache": mode, "graph": "(tanh(x*w+1)*sin(x)).sum(), 3 elements"},
+                {"cache": mode, "graph": "W5a: Linear(10, 1) + MSELoss + SGD, batch 100, "
+                                         "one step (build + zero_grad/forward/backward/step/item)"},
                 unit_note="fresh process per repetition" + ("; NUMBA_CACHE_DIR = new empty dir"
                                                             if mode == "cold" else ""))
-    ref = _reference(ctx)
+    ref = _reference(script[1])
     for peer in PEERS:
         if not ctx.peers.wanted(peer):
             continue
@@ -204,8 +226,8 @@ def run(ctx):
                     t.rows.append(Row(peer, status="ERROR", note=msg.splitlines()[-1][:200],
                                       extra={"error": msg}))
                 continue
-            grads = {"grads": np.array(runs[0]["grads"])}
-            row = checked_row(ctx, where, peer, grads, ref, rtol=1e-4, atol=1e-6)
+            got = {"loss, parameters after the step": np.array(runs[0]["result"])}
+            row = checked_row(ctx, where, peer, got, ref, rtol=1e-4, atol=1e-6, ref_name="float64 NumPy")
             if row.status == "ok":
                 cold = "no Numba cache (cold = warm)" if mode == "cold" and peer in NO_NUMBA_CACHE else ""
                 row.note = "; ".join(n for n in (NOTES.get(peer, ""), cold) if n)
@@ -217,15 +239,14 @@ def run(ctx):
     return order
 
 
-def _reference(ctx):
-    """The tiny graph's gradients computed by torch in this process (None without torch)."""
-    torch = ctx.peers.reference_torch()
-    if torch is None:
-        return None
-    x = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
-    w = torch.tensor([1.5, 0.25, -0.75], requires_grad=True)
-    (torch.tanh(x * w + 1.0) * torch.sin(x)).sum().backward()
-    return {"grads": np.array(x.grad.tolist() + w.grad.tolist())}
+def _reference(data_path):
+    """W5a's first loss and parameters after one SGD step, in float64 NumPy from the same data."""
+    with np.load(data_path) as f:
+        x, y, w, b, lr = (f[k].astype(np.float64) for k in ("x", "y", "weight", "bias", "lr"))
+    r = x @ w.T + b - y                         # (100, 1) residuals
+    g = 2.0 * r / r.size                        # d mean(r^2) / d r
+    w1, b1 = w - lr * (g.T @ x), b - lr * g.sum(0)
+    return {"loss, parameters after the step": np.concatenate([[np.mean(r * r)], w1.ravel(), b1])}
 
 
 def _importable(peer):
