@@ -19,22 +19,29 @@ FT = np.zeros(256, np.int64)
 _KEEP = {}          # table index -> the cfunc object (its code lives as long as it does)
 _SIG = (types.void(*([types.int64] * 6 + [types.float64])),
         types.void(*([types.int64] * 11 + [types.float64])))
+#: the native records' backward and the products (Note [gemm by address] in kernels/gen_cpu.py)
+_SIG12 = types.void(*([types.int64] * 12 + [types.float64]))
 
 
 _NATIVE = ("_nat_fwd_f32", "_nat_bwd_f32", "_nat_fwd_f64", "_nat_bwd_f64")
 
 
-def ensure(op, dt):
-    """Compile (or load) both functions of op for dtype dt (0 float32, 1 float64); op 1 (the
-    escape records' opcode): the native records' (ops/pyops.py's Note [native records])."""
-    for d in (0, 1):
-        j = op * 4 + dt * 2 + d
-        if FT[j]:
-            continue
-        name = (_NATIVE if op == 1 else R.OPFN[op])[dt * 2 + d]
-        fn = numba.cfunc(_SIG[d], **config.CFUNC)(getattr(R, name))
+def _compile(j, name, sig):
+    if not FT[j]:
+        fn = numba.cfunc(sig, **config.CFUNC)(getattr(R, name))
         _KEEP[j] = fn
         FT[j] = fn.address
+
+
+def ensure(op, dt):
+    """Compile (or load) both functions of op for dtype dt (0 float32, 1 float64); op 1 (the
+    escape records' opcode): the native records' (ops/pyops.py's Note [native records]), and
+    the products they call (FT[GEMM + dt]: Note [gemm by address] in kernels/gen_cpu.py)."""
+    if op == 1:
+        _compile(R.GEMM + dt, ("_gemm_f32", "_gemm_f64")[dt], _SIG12)
+    for d in (0, 1):
+        name = (_NATIVE if op == 1 else R.OPFN[op])[dt * 2 + d]
+        _compile(op * 4 + dt * 2 + d, name, _SIG12 if op == 1 and d == 1 else _SIG[d])
 
 
 def ensure_rows(codes, stopped=0):

@@ -70,3 +70,10 @@ def call_fwd(typingctx, fn, px, pz, po, n, sx, sz, c):
 def call_bwd(typingctx, fn, px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):
     """(fn, px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c)"""
     return types.void(fn, px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c), _call_codegen(11)
+
+
+@intrinsic
+def call12(typingctx, fn, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, c):
+    """(fn, 12 int64, one float64): the native records' backward and the products (Note [gemm by
+    address] in kernels/gen_cpu.py)"""
+    return types.void(fn, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, c), _call_codegen(12)

@@ -15,11 +15,14 @@ from . import elementwise as E
 from . import vmath as V
 from .blas import gemm
 from .smallgemm import small_gemm_bt_f32, small_gemm_bt_f64, small_gemm_f32, small_gemm_f64
-from .ptr import addr_of, call_bwd, call_fwd, f32p, f64p, i8p, i64p, u8p
+from .ptr import addr_of, call12, call_bwd, call_fwd, f32p, f64p, i8p, i64p, u8p
 
 UNARY = (2, 23)
 BINARY = (24, 30)
 SUM, MEAN = 31, 32
+#: the products' op functions are FT[GEMM + dtype] (op 0's slots: op 0 has no op function;
+#: Note [gemm by address])
+GEMM = 0
 
 
 def _op2_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (neg)
@@ -1419,7 +1422,7 @@ def forward_f32(T, F, E, FT, lo, hi, packs):  # pragma: no cover
             if packs is not None:
                 if E[d] == 1 or E[d] == 2:
                     pk, PK = _packed_bt_f32(E, d, PK)
-            call_fwd(fn, PE + 8 * d, out[r], pk, 0, 0, 0, 0.0)
+            call_fwd(fn, PE + 8 * d, out[r], pk, PF, 0, 0, 0.0)
             if packs is not None:
                 if PK.size and E[d] != 4:      # (a view writes nothing)
                     _overwritten(PK, out[r], n[r] * 4)
@@ -1521,7 +1524,7 @@ def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
             fn = i64p(PF)[4 + 0 * 2 + 1]
             if fn == 0:
                 return -(r + 2)
-            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, PT, PE, 0.0)
+            call12(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, PT, PE, PF, 0.0)
             if clean:
                 _zero(gaddr[r], n[r] * 4)
             r -= 1
@@ -1616,7 +1619,7 @@ def _bwd_typed_f32(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c, PF):  # pr
 # rows of a contiguous R x C matrix) R, C, x; (7, nll_loss of contiguous N x C log-probabilities,
 # E[d + 1] the reduction: 0 none, 1 mean, 2 sum) N, C, x, targets (int64, contiguous),
 # ignore_index. Strides in elements; the inputs' gradients are contiguous (their producers' buffers).
-@njit(**NJIT_INNER)
+@njit(**NJIT_INNER, inline="always")
 def _rm_gemm_f32(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # pragma: no cover
     """Row-major C (m x n, contiguous) = alpha A B + beta C for A (m x k) and B (k x n) given by
     element strides: Fortran's column-major C^T = B^T A^T; a small one without packing
@@ -1630,6 +1633,21 @@ def _rm_gemm_f32(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # p
     tb, ldb = _cm_layout(k, n, bs0, bs1)
     ta, lda = _cm_layout(m, k, as0, as1)
     gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
+
+
+# Note [gemm by address]
+# ~~~~~~~~~~~~~~~~~~~~~~
+# The native records' forward and backward reach their products through _gemm_f32, an op
+# function (slot GEMM of the table, kernels/opfn.py) they call by its address (call12) rather
+# than by name. Numba links a callee's machine code into every caller's module and compiles that
+# module again: called by name, the product's code (small_gemm's micro-kernels, ~4,900 lines of
+# assembly) was compiled five times on a cold first W5a step, as small_gemm, small_gemm_bt,
+# _rm_gemm, _nat_fwd and _nat_bwd; by address, once (_rm_gemm is inlined into _gemm_f32, its
+# only library). Cold first W5a step, session 28 (AMD VM): 8.0 -> see the closing note. An
+# indirect call costs nothing next to a product; the code and so the bits are the same.
+def _gemm_f32(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
+    """C = A B (acc 0) or C + A B (acc 1) as _rm_gemm_f32; uc: unused (the table's signature)."""
+    _rm_gemm_f32(fn, m, n, k, np.float32(1.0), pa, as0, as1, pb, bs0, bs1, np.float32(acc), pc)
 
 
 @njit(**NJIT)
@@ -1689,10 +1707,11 @@ def _packed_bt_f32(E, d, PK):  # pragma: no cover
     return addr_of(PK) + 8 * PK[h + 7], PK
 
 
-def _nat_fwd_f32(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
+def _nat_fwd_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
     """A native record's forward (an op function, in slot PY of the table: compiled the first
     time a tape runs one). u2: 0, or the address of B's transpose packed into rows (Note [packed
-    transposes]); u3..uc: unused, the table's forward signature."""
+    transposes]); PF: the table's address (the products: Note [gemm by address]); u4..uc:
+    unused, the table's forward signature."""
     d = i64p(pd)
     kind = d[0]
     if kind == 3:
@@ -1765,14 +1784,13 @@ def _nat_fwd_f32(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
             z[i] = x[ox[i]] + al * y[oy[i]]
         return
     m, k, n = d[2], d[3], d[4]
-    one = np.float32(1.0)
-    zero = np.float32(0.0)
+    g = i64p(PF)[GEMM + 0]
     if u2 != 0:         # B's transpose, packed by forward_f32 (the product small_gemm_bt computes)
-        small_gemm_f32(m, n, k, d[5], d[6], d[7], u2, n, o, np.bool_(False))
+        call12(g, d[1], m, n, k, d[5], d[6], d[7], u2, n, 1, o, 0, 0.0)
     elif kind == 1:     # x @ W.T: W.T has W's strides swapped
-        _rm_gemm_f32(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[10], d[9], zero, o)
+        call12(g, d[1], m, n, k, d[5], d[6], d[7], d[8], d[10], d[9], o, 0, 0.0)
     else:
-        _rm_gemm_f32(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
+        call12(g, d[1], m, n, k, d[5], d[6], d[7], d[8], d[9], d[10], o, 0, 0.0)
     if kind == 1:
         y = f32p(o)
         bb = f32p(d[11])
@@ -1782,9 +1800,10 @@ def _nat_fwd_f32(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
                 y[i * n + j] += bb[j * bs]
 
 
-def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma: no cover
+def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
     """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
-    record's gradient; PT, PE: the tape's rows and edges; uc: unused)."""
+    record's gradient; PT, PE: the tape's rows and edges; PF: the table's (Note [gemm by
+    address]); uc: unused)."""
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
@@ -1881,14 +1900,14 @@ def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma:
                     X[ox[i]] += f * G[i]
         return
     m, k, n = d[2], d[3], d[4]
-    i1 = np.int64(1)    # not the literal 1: Note [no literal arguments] in kernels/smallgemm.py
+    g = i64p(PF)[GEMM + 0]
     if kind == 1:
         gx = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gx != 0:     # dx (m x k) += G (m x n) W (n x k)
-            _rm_gemm_f32(d[1], m, k, n, one, gq, n, i1, d[8], d[9], d[10], one, gx)
+            call12(g, d[1], m, k, n, gq, n, 1, d[8], d[9], d[10], gx, 1, 0.0)
         gw = _grad_addr(p[2], PG, PLA, PLS, PLN, base)
         if gw != 0:     # dW (n x k) += G.T (n x m) x (m x k)
-            _rm_gemm_f32(d[1], n, k, m, one, gq, i1, n, d[5], d[6], d[7], one, gw)
+            call12(g, d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
         gb = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dbias += G summed over rows
             B = f32p(gb)
@@ -1901,16 +1920,16 @@ def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma:
     else:
         ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
-            _rm_gemm_f32(d[1], m, k, n, one, gq, n, i1, d[8], d[10], d[9], one, ga)
+            call12(g, d[1], m, k, n, gq, n, 1, d[8], d[10], d[9], ga, 1, 0.0)
         gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
-            _rm_gemm_f32(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, i1, one, gb)
+            call12(g, d[1], k, n, m, d[5], d[7], d[6], gq, n, 1, gb, 1, 0.0)
         elif p[1] >= base:
             # B = W.T, a view this pass folded (Note [folded transposes] in kernels/lifetime.py):
             # dW (n x k) += G.T (n x m) A (m x k), into W's gradient, as addmm's weight
             gw = _grad_addr(i64p(PE)[i64p(PT)[(p[1] - base) * NCOL + 3] + 1], PG, PLA, PLS, PLN, base)
             if gw != 0:
-                _rm_gemm_f32(d[1], n, k, m, one, gq, i1, n, d[5], d[6], d[7], one, gw)
+                call12(g, d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
 
 
 @njit(**NJIT_INNER)
@@ -2049,7 +2068,7 @@ def forward_f64(T, F, E, FT, lo, hi, packs):  # pragma: no cover
             if packs is not None:
                 if E[d] == 1 or E[d] == 2:
                     pk, PK = _packed_bt_f64(E, d, PK)
-            call_fwd(fn, PE + 8 * d, out[r], pk, 0, 0, 0, 0.0)
+            call_fwd(fn, PE + 8 * d, out[r], pk, PF, 0, 0, 0.0)
             if packs is not None:
                 if PK.size and E[d] != 4:      # (a view writes nothing)
                     _overwritten(PK, out[r], n[r] * 8)
@@ -2151,7 +2170,7 @@ def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
             fn = i64p(PF)[4 + 1 * 2 + 1]
             if fn == 0:
                 return -(r + 2)
-            call_bwd(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, PT, PE, 0.0)
+            call12(fn, PE + 8 * b[r], PE + 8 * (a[r] + 1), out[r], gaddr[r], PG, PLA, PLS, PLN, base, PT, PE, PF, 0.0)
             if clean:
                 _zero(gaddr[r], n[r] * 8)
             r -= 1
@@ -2246,7 +2265,7 @@ def _bwd_typed_f64(op, bc, po, pa, pb, pg, pga, pgb, wa, wb, n, m, c, PF):  # pr
 # rows of a contiguous R x C matrix) R, C, x; (7, nll_loss of contiguous N x C log-probabilities,
 # E[d + 1] the reduction: 0 none, 1 mean, 2 sum) N, C, x, targets (int64, contiguous),
 # ignore_index. Strides in elements; the inputs' gradients are contiguous (their producers' buffers).
-@njit(**NJIT_INNER)
+@njit(**NJIT_INNER, inline="always")
 def _rm_gemm_f64(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # pragma: no cover
     """Row-major C (m x n, contiguous) = alpha A B + beta C for A (m x k) and B (k x n) given by
     element strides: Fortran's column-major C^T = B^T A^T; a small one without packing
@@ -2260,6 +2279,21 @@ def _rm_gemm_f64(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # p
     tb, ldb = _cm_layout(k, n, bs0, bs1)
     ta, lda = _cm_layout(m, k, as0, as1)
     gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
+
+
+# Note [gemm by address]
+# ~~~~~~~~~~~~~~~~~~~~~~
+# The native records' forward and backward reach their products through _gemm_f64, an op
+# function (slot GEMM of the table, kernels/opfn.py) they call by its address (call12) rather
+# than by name. Numba links a callee's machine code into every caller's module and compiles that
+# module again: called by name, the product's code (small_gemm's micro-kernels, ~4,900 lines of
+# assembly) was compiled five times on a cold first W5a step, as small_gemm, small_gemm_bt,
+# _rm_gemm, _nat_fwd and _nat_bwd; by address, once (_rm_gemm is inlined into _gemm_f64, its
+# only library). Cold first W5a step, session 28 (AMD VM): 8.0 -> see the closing note. An
+# indirect call costs nothing next to a product; the code and so the bits are the same.
+def _gemm_f64(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
+    """C = A B (acc 0) or C + A B (acc 1) as _rm_gemm_f64; uc: unused (the table's signature)."""
+    _rm_gemm_f64(fn, m, n, k, np.float64(1.0), pa, as0, as1, pb, bs0, bs1, np.float64(acc), pc)
 
 
 @njit(**NJIT)
@@ -2319,10 +2353,11 @@ def _packed_bt_f64(E, d, PK):  # pragma: no cover
     return addr_of(PK) + 8 * PK[h + 7], PK
 
 
-def _nat_fwd_f64(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
+def _nat_fwd_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
     """A native record's forward (an op function, in slot PY of the table: compiled the first
     time a tape runs one). u2: 0, or the address of B's transpose packed into rows (Note [packed
-    transposes]); u3..uc: unused, the table's forward signature."""
+    transposes]); PF: the table's address (the products: Note [gemm by address]); u4..uc:
+    unused, the table's forward signature."""
     d = i64p(pd)
     kind = d[0]
     if kind == 3:
@@ -2395,14 +2430,13 @@ def _nat_fwd_f64(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
             z[i] = x[ox[i]] + al * y[oy[i]]
         return
     m, k, n = d[2], d[3], d[4]
-    one = np.float64(1.0)
-    zero = np.float64(0.0)
+    g = i64p(PF)[GEMM + 1]
     if u2 != 0:         # B's transpose, packed by forward_f64 (the product small_gemm_bt computes)
-        small_gemm_f64(m, n, k, d[5], d[6], d[7], u2, n, o, np.bool_(False))
+        call12(g, d[1], m, n, k, d[5], d[6], d[7], u2, n, 1, o, 0, 0.0)
     elif kind == 1:     # x @ W.T: W.T has W's strides swapped
-        _rm_gemm_f64(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[10], d[9], zero, o)
+        call12(g, d[1], m, n, k, d[5], d[6], d[7], d[8], d[10], d[9], o, 0, 0.0)
     else:
-        _rm_gemm_f64(d[1], m, n, k, one, d[5], d[6], d[7], d[8], d[9], d[10], zero, o)
+        call12(g, d[1], m, n, k, d[5], d[6], d[7], d[8], d[9], d[10], o, 0, 0.0)
     if kind == 1:
         y = f64p(o)
         bb = f64p(d[11])
@@ -2412,9 +2446,10 @@ def _nat_fwd_f64(pd, o, u2, u3, u4, u5, uc):  # pragma: no cover
                 y[i * n + j] += bb[j * bs]
 
 
-def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma: no cover
+def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
     """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
-    record's gradient; PT, PE: the tape's rows and edges; uc: unused)."""
+    record's gradient; PT, PE: the tape's rows and edges; PF: the table's (Note [gemm by
+    address]); uc: unused)."""
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
@@ -2511,14 +2546,14 @@ def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma:
                     X[ox[i]] += f * G[i]
         return
     m, k, n = d[2], d[3], d[4]
-    i1 = np.int64(1)    # not the literal 1: Note [no literal arguments] in kernels/smallgemm.py
+    g = i64p(PF)[GEMM + 1]
     if kind == 1:
         gx = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gx != 0:     # dx (m x k) += G (m x n) W (n x k)
-            _rm_gemm_f64(d[1], m, k, n, one, gq, n, i1, d[8], d[9], d[10], one, gx)
+            call12(g, d[1], m, k, n, gq, n, 1, d[8], d[9], d[10], gx, 1, 0.0)
         gw = _grad_addr(p[2], PG, PLA, PLS, PLN, base)
         if gw != 0:     # dW (n x k) += G.T (n x m) x (m x k)
-            _rm_gemm_f64(d[1], n, k, m, one, gq, i1, n, d[5], d[6], d[7], one, gw)
+            call12(g, d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
         gb = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dbias += G summed over rows
             B = f64p(gb)
@@ -2531,16 +2566,16 @@ def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, uc):  # pragma:
     else:
         ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
-            _rm_gemm_f64(d[1], m, k, n, one, gq, n, i1, d[8], d[10], d[9], one, ga)
+            call12(g, d[1], m, k, n, gq, n, 1, d[8], d[10], d[9], ga, 1, 0.0)
         gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
-            _rm_gemm_f64(d[1], k, n, m, one, d[5], d[7], d[6], gq, n, i1, one, gb)
+            call12(g, d[1], k, n, m, d[5], d[7], d[6], gq, n, 1, gb, 1, 0.0)
         elif p[1] >= base:
             # B = W.T, a view this pass folded (Note [folded transposes] in kernels/lifetime.py):
             # dW (n x k) += G.T (n x m) A (m x k), into W's gradient, as addmm's weight
             gw = _grad_addr(i64p(PE)[i64p(PT)[(p[1] - base) * NCOL + 3] + 1], PG, PLA, PLS, PLN, base)
             if gw != 0:
-                _rm_gemm_f64(d[1], n, k, m, one, gq, i1, n, d[5], d[6], d[7], one, gw)
+                call12(g, d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
 
 
 @njit(**NJIT_INNER)

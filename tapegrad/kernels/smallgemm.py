@@ -265,7 +265,7 @@ def _driver(kernels, transpose, width, isz, ptr, ty):
             for c in range(cols):
                 T[c * rows + r] = S[r * s0 + c * s1]
 
-    @njit(**NJIT_INNER)
+    @njit(**NJIT_INNER, inline="always")
     def small_gemm_bt(m, n, k, pa, as0, as1, pb, bs1, pc, accumulate):  # pragma: no cover
         """small_gemm for B (k x n) with contiguous columns bs1 elements apart (B = W.T). Either B's
         transpose is copied into rows (k*n moves), or, when that moves less, A's transpose is (none
