@@ -114,7 +114,7 @@ def forward_{{suf}}(T, F, E, FT, lo, hi, packs):  # pragma: no cover
             return -(r + 2)
         if op <= {b_hi} and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_{{suf}}: its parallel loop compiles only when used (bench C0)
-        _fwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], 0, n[r], PF)
+        _fwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], np.int64(0), n[r], PF)
         if packs is not None:
             if PK.size:
                 _overwritten(PK, out[r], n[r] * {{isz}})
@@ -219,7 +219,7 @@ def backward_{{suf}}(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, bas
         gb = 0
         if op >= {b_lo} and op <= {b_hi}:
             gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
-        _bwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r], PF)
+        _bwd_one_{{suf}}(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, np.int64(0), n[r], PF)
         if clean:
             _zero(gaddr[r], n[r] * {{isz}})
         r -= 1

@@ -1432,7 +1432,7 @@ def forward_f32(T, F, E, FT, lo, hi, packs):  # pragma: no cover
             return -(r + 2)
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_f32: its parallel loop compiles only when used (bench C0)
-        _fwd_one_f32(code[r], out[r], a[r], b[r], c[r], 0, n[r], PF)
+        _fwd_one_f32(code[r], out[r], a[r], b[r], c[r], np.int64(0), n[r], PF)
         if packs is not None:
             if PK.size:
                 _overwritten(PK, out[r], n[r] * 4)
@@ -1537,7 +1537,7 @@ def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
         gb = 0
         if op >= 24 and op <= 30:
             gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
-        _bwd_one_f32(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r], PF)
+        _bwd_one_f32(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, np.int64(0), n[r], PF)
         if clean:
             _zero(gaddr[r], n[r] * 4)
         r -= 1
@@ -2078,7 +2078,7 @@ def forward_f64(T, F, E, FT, lo, hi, packs):  # pragma: no cover
             return -(r + 2)
         if op <= 30 and n[r] >= PARALLEL_THRESHOLD:
             return r      # Python runs fwd_run_f64: its parallel loop compiles only when used (bench C0)
-        _fwd_one_f64(code[r], out[r], a[r], b[r], c[r], 0, n[r], PF)
+        _fwd_one_f64(code[r], out[r], a[r], b[r], c[r], np.int64(0), n[r], PF)
         if packs is not None:
             if PK.size:
                 _overwritten(PK, out[r], n[r] * 8)
@@ -2183,7 +2183,7 @@ def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
         gb = 0
         if op >= 24 and op <= 30:
             gb = _grad_addr(pb[r], PG, PLA, PLS, PLN, base)
-        _bwd_one_f64(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, 0, n[r], PF)
+        _bwd_one_f64(code[r], out[r], a[r], b[r], c[r], gaddr[r], ga, gb, np.int64(0), n[r], PF)
         if clean:
             _zero(gaddr[r], n[r] * 8)
         r -= 1
