@@ -100,6 +100,22 @@ def test_matches_torch_float64(case):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("cls,kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.05)),
+                                    ("RMSprop", dict(lr=0.01, centered=True))])
+def test_mixed_dtypes_match_torch(cls, kw):
+    """float32 and float64 parameters in one optimizer: the kernel's float64 branch is compiled
+    in only when a row is float64 (kernels/optim.py's f64s); each row keeps its own dtype."""
+    torch = pytest.importorskip("torch")
+    p0, grads = _data()
+    p0 = [p.astype(np.float64) if i % 2 else p for i, p in enumerate(p0)]
+    grads = [[g.astype(p.dtype) for g, p in zip(gs, p0)] for gs in grads]
+    mine, _ = _run(tapegrad, cls, kw, p0, grads)
+    theirs, _ = _run(torch, cls, kw, p0, grads)
+    for a, b, p in zip(mine, theirs, p0):
+        assert a.dtype == p.dtype
+        np.testing.assert_allclose(a, b, rtol=1e-5 if p.dtype == np.float32 else 1e-12, atol=1e-6)
+
+
 @pytest.mark.parametrize("cls,kw", [("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)), ("Adam", dict(lr=0.05)),
                                     ("RMSprop", dict(lr=0.01, centered=True))])
 def test_gradients_from_backward_match_torch(cls, kw):

@@ -117,14 +117,15 @@ def run_step(A, f64s, sgd, adam, rmsprop, packs):  # pragma: no cover
     if kind == 0:
         return -1, 0, 0
     P = carray(i64p(A[P_ADDR]), (A[P_ROWS], K.NCOL))
+    P64 = np.bool_(True)    # (not None: the kernels' float64 branch compiled in; not literal True)
     H = carray(f64p(A[H_ADDR]), (A[H_ROWS], A[H_COLS]))
     upd = carray(i8p(A[U_ADDR]), A[U_LEN])
     if kind == 1 and sgd is not None:
-        done, new = K.sgd_step(P, la, ls, H, upd)
+        done, new = K.sgd_step(P, la, ls, H, upd, P64)
     elif kind == 2 and adam is not None:
-        done, new = K.adam_step(P, la, ls, H, upd)
+        done, new = K.adam_step(P, la, ls, H, upd, P64)
     elif kind == 3 and rmsprop is not None:
-        done, new = K.rmsprop_step(P, la, ls, H, upd)
+        done, new = K.rmsprop_step(P, la, ls, H, upd, P64)
     else:
         return 1, 0, 0      # an optimizer this entry was not compiled for
     return -1, done, new

@@ -167,7 +167,7 @@ class _StateMap(defaultdict):
 class _Rows:
     """The kernel arguments of one optimizer and what they were built from."""
     __slots__ = ("P", "upd", "params", "addrs", "sig", "unslotted", "spans", "vcs", "gidx", "pending",
-                 "hyper", "H")
+                 "hyper", "H", "f64s")
 
 
 
@@ -498,6 +498,8 @@ class Optimizer:
             if not init:
                 c.pending[i] = bufs
         c.P = P
+        # None: float32 rows only, and the kernel compiles without its float64 branch (kernels/optim.py)
+        c.f64s = True if (P[:, K.CODE] != 0).any() else None
         c.upd = np.zeros(max(n, 1), np.int8)
         c.params = params
         c.addrs = [p._addr for p in params]
@@ -552,7 +554,7 @@ class Optimizer:
             TAPE.flush()
         la, ls = self._slot_table()
         try:
-            done, new = getattr(K, self._kernel)(c.P, la, ls, c.H, c.upd)
+            done, new = getattr(K, self._kernel)(c.P, la, ls, c.H, c.upd, c.f64s)
         finally:
             del la, ls
         self._finish(c, done, new)
