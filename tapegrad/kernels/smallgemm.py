@@ -185,13 +185,13 @@ _K32 = tuple(_micro(r, v, False) for r, v in _SHAPES)
 _K64 = tuple(_micro(r, v, True) for r, v in _SHAPES)
 
 
-def _column_block(m8, m4, m1, isz):
+def _column_block(m8, m4, m1, isz, inline):
     """C[:, block] (+)= A B[:, block] for one block of columns (the micro-kernels m8, m4 and m1
     give its width): rows eight at a time, then four, then one. ldc: C's row stride in elements.
     Eight rows by two vectors is 16 accumulators: on an Intel VM (AVX-512) 128x256x256 float32
     took 147 us against 251 with four rows (8 accumulators do not cover two FMA ports' latency),
     16x64x64 level (ad hoc, session 20; bench/results/2026-12-02_210327-W4.json for W4)."""
-    @njit(**NJIT_INNER)
+    @njit(**NJIT_INNER, inline=inline)
     def block(m, k, pa, as0, as1, pb, bs0, pc, ldc, accumulate):  # pragma: no cover
         i0 = 0
         while i0 + 8 <= m:
@@ -216,8 +216,10 @@ def _alive(a, b):  # pragma: no cover
 
 def _driver(kernels, transpose, width, isz, ptr, ty):
     m8x2, m4x2, m1x2, m8x1, m4x1, m1x1 = kernels
-    two = _column_block(m8x2, m4x2, m1x2, isz)
-    one = _column_block(m8x1, m4x1, m1x1, isz)
+    # two: one call site, inlined into small_gemm; one: two call sites, its own library, linked
+    # (inlined, its micro-kernels would be compiled twice; Note [gemm by address] in gen_cpu.py)
+    two = _column_block(m8x2, m4x2, m1x2, isz, "always")
+    one = _column_block(m8x1, m4x1, m1x1, isz, "never")
 
     @njit(**NJIT_INNER)
     def small_gemm(m, n, k, pa, as0, as1, pb, bs0, pc, accumulate):  # pragma: no cover
