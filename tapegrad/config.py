@@ -88,8 +88,11 @@ THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
 numba.config.THREADING_LAYER = THREADING_LAYER
 
 #: keyword arguments for every CPU @njit in the package. error_model="numpy": IEEE results
-#: (inf/nan) instead of Python's ZeroDivisionError checks, which also means less code to compile
-NJIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")
+#: (inf/nan) instead of Python's ZeroDivisionError checks, which also means less code to compile.
+#: no_cfunc_wrapper: no C wrapper per function (only a first-class function value would call it,
+#: and the package passes none; the op functions are numba.cfunc, CFUNC below): ~0.15 s of a cold
+#: first W5a step (session 28)
+NJIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy", no_cfunc_wrapper=True)
 #: functions only called from other jitted functions need no CPython wrapper
 NJIT_INNER = dict(NJIT, no_cpython_wrapper=True)
 #: keyword arguments for the op functions, C callbacks the replay calls through a table
