@@ -325,8 +325,9 @@ def _rm_gemm_{{suf}}(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc): 
 # module again: called by name, the product's code (small_gemm's micro-kernels, ~4,900 lines of
 # assembly) was compiled five times on a cold first W5a step, as small_gemm, small_gemm_bt,
 # _rm_gemm, _nat_fwd and _nat_bwd; by address, once (_rm_gemm is inlined into _gemm_{{suf}}, its
-# only library). Cold first W5a step, session 28 (AMD VM): 8.0 -> see the closing note. An
-# indirect call costs nothing next to a product; the code and so the bits are the same.
+# only library). Cold first W5a step, session 28 (AMD VM, /tmp script timing the step in a
+# fresh process): 8.0 -> 6.3-6.6 s. An indirect call costs nothing next to a product; the code
+# and so the bits are the same.
 def _gemm_{{suf}}(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
     """C = A B (acc 0) or C + A B (acc 1) as _rm_gemm_{{suf}}; uc: unused (the table's signature)."""
     _rm_gemm_{{suf}}(fn, m, n, k, {{ty}}(1.0), pa, as0, as1, pb, bs0, bs1, {{ty}}(acc), pc)
