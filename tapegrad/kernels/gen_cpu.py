@@ -317,17 +317,7 @@ def _rm_gemm_{{suf}}(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc): 
     gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
 
 
-# Note [gemm by address]
-# ~~~~~~~~~~~~~~~~~~~~~~
-# The native records' forward and backward reach their products through _gemm_{{suf}}, an op
-# function (slot GEMM of the table, kernels/opfn.py) they call by its address (call12) rather
-# than by name. Numba links a callee's machine code into every caller's module and compiles that
-# module again: called by name, the product's code (small_gemm's micro-kernels, ~4,900 lines of
-# assembly) was compiled five times on a cold first W5a step, as small_gemm, small_gemm_bt,
-# _rm_gemm, _nat_fwd and _nat_bwd; by address, once (_rm_gemm is inlined into _gemm_{{suf}}, its
-# only library). Cold first W5a step, session 28 (AMD VM, /tmp script timing the step in a
-# fresh process): 8.0 -> 6.3-6.6 s. An indirect call costs nothing next to a product; the code
-# and so the bits are the same.
+# (the products by address: Note [gemm by address] in kernels/gen_cpu.py)
 def _gemm_{{suf}}(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
     """C = A B (acc 0) or C + A B (acc 1) as _rm_gemm_{{suf}}; uc: unused (the table's signature)."""
     _rm_gemm_{{suf}}(fn, m, n, k, {{ty}}(1.0), pa, as0, as1, pb, bs0, bs1, {{ty}}(acc), pc)
@@ -490,7 +480,6 @@ def _nat_bwd_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  #
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
-    one = {{ty}}(1.0)
     if kind == 3:
         N = d[2]
         v = {{ty}}({{ty}}(2.0) * {{ptr}}(gq)[0])
@@ -767,6 +756,19 @@ def _binary(s, suf, ptr):
          "        if wz:",
          "            gz[i * sz] += dz"]
     return "\n".join(f), "\n".join(b)
+
+
+# Note [gemm by address]
+# ~~~~~~~~~~~~~~~~~~~~~~
+# The native records' forward and backward reach their products through _gemm_f32/_gemm_f64, an op
+# function (slot GEMM of the table, kernels/opfn.py) they call by its address (call12) rather
+# than by name. Numba links a callee's machine code into every caller's module and compiles that
+# module again: called by name, the product's code (small_gemm's micro-kernels, ~4,900 lines of
+# assembly) was compiled five times on a cold first W5a step, as small_gemm, small_gemm_bt,
+# _rm_gemm, _nat_fwd and _nat_bwd; by address, once (_rm_gemm is inlined into _gemm_f32 and
+# _gemm_f64, its only callers). Cold first W5a step, session 28 (AMD VM, /tmp script timing the step in a
+# fresh process): 8.0 -> 6.3-6.6 s. An indirect call costs nothing next to a product; the code
+# and so the bits are the same.
 
 
 def _op_functions(rows):

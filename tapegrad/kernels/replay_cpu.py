@@ -1635,17 +1635,7 @@ def _rm_gemm_f32(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # p
     gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
 
 
-# Note [gemm by address]
-# ~~~~~~~~~~~~~~~~~~~~~~
-# The native records' forward and backward reach their products through _gemm_f32, an op
-# function (slot GEMM of the table, kernels/opfn.py) they call by its address (call12) rather
-# than by name. Numba links a callee's machine code into every caller's module and compiles that
-# module again: called by name, the product's code (small_gemm's micro-kernels, ~4,900 lines of
-# assembly) was compiled five times on a cold first W5a step, as small_gemm, small_gemm_bt,
-# _rm_gemm, _nat_fwd and _nat_bwd; by address, once (_rm_gemm is inlined into _gemm_f32, its
-# only library). Cold first W5a step, session 28 (AMD VM, /tmp script timing the step in a
-# fresh process): 8.0 -> 6.3-6.6 s. An indirect call costs nothing next to a product; the code
-# and so the bits are the same.
+# (the products by address: Note [gemm by address] in kernels/gen_cpu.py)
 def _gemm_f32(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
     """C = A B (acc 0) or C + A B (acc 1) as _rm_gemm_f32; uc: unused (the table's signature)."""
     _rm_gemm_f32(fn, m, n, k, np.float32(1.0), pa, as0, as1, pb, bs0, bs1, np.float32(acc), pc)
@@ -1808,7 +1798,6 @@ def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pra
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
-    one = np.float32(1.0)
     if kind == 3:
         N = d[2]
         v = np.float32(np.float32(2.0) * f32p(gq)[0])
@@ -2282,17 +2271,7 @@ def _rm_gemm_f64(fn, m, n, k, alpha, pa, as0, as1, pb, bs0, bs1, beta, pc):  # p
     gemm(fn, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, pc, n)
 
 
-# Note [gemm by address]
-# ~~~~~~~~~~~~~~~~~~~~~~
-# The native records' forward and backward reach their products through _gemm_f64, an op
-# function (slot GEMM of the table, kernels/opfn.py) they call by its address (call12) rather
-# than by name. Numba links a callee's machine code into every caller's module and compiles that
-# module again: called by name, the product's code (small_gemm's micro-kernels, ~4,900 lines of
-# assembly) was compiled five times on a cold first W5a step, as small_gemm, small_gemm_bt,
-# _rm_gemm, _nat_fwd and _nat_bwd; by address, once (_rm_gemm is inlined into _gemm_f64, its
-# only library). Cold first W5a step, session 28 (AMD VM, /tmp script timing the step in a
-# fresh process): 8.0 -> 6.3-6.6 s. An indirect call costs nothing next to a product; the code
-# and so the bits are the same.
+# (the products by address: Note [gemm by address] in kernels/gen_cpu.py)
 def _gemm_f64(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
     """C = A B (acc 0) or C + A B (acc 1) as _rm_gemm_f64; uc: unused (the table's signature)."""
     _rm_gemm_f64(fn, m, n, k, np.float64(1.0), pa, as0, as1, pb, bs0, bs1, np.float64(acc), pc)
@@ -2455,7 +2434,6 @@ def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pra
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
-    one = np.float64(1.0)
     if kind == 3:
         N = d[2]
         v = np.float64(np.float64(2.0) * f64p(gq)[0])
