@@ -760,15 +760,15 @@ def _binary(s, suf, ptr):
 
 # Note [gemm by address]
 # ~~~~~~~~~~~~~~~~~~~~~~
-# The native records' forward and backward reach their products through _gemm_f32/_gemm_f64, an op
-# function (slot GEMM of the table, kernels/opfn.py) they call by its address (call12) rather
-# than by name. Numba links a callee's machine code into every caller's module and compiles that
-# module again: called by name, the product's code (small_gemm's micro-kernels, ~4,900 lines of
-# assembly) was compiled five times on a cold first W5a step, as small_gemm, small_gemm_bt,
-# _rm_gemm, _nat_fwd and _nat_bwd; by address, once (_rm_gemm is inlined into _gemm_f32 and
-# _gemm_f64, its only callers). Cold first W5a step, session 28 (AMD VM, /tmp script timing the step in a
-# fresh process): 8.0 -> 6.3-6.6 s. An indirect call costs nothing next to a product; the code
-# and so the bits are the same.
+# The native records' forward and backward reach their products through _gemm_f32 and
+# _gemm_f64, op functions (slot GEMM of the table, kernels/opfn.py) they call by address
+# (call12) rather than by name. Numba links a callee's machine code into every caller's module
+# and compiles that module again: called by name, the product's code (small_gemm's
+# micro-kernels, ~4,900 lines of assembly) was compiled five times on a cold first W5a step, as
+# small_gemm, small_gemm_bt, _rm_gemm, _nat_fwd and _nat_bwd; by address, once (_rm_gemm is
+# inlined into _gemm_f32 and _gemm_f64, its only callers). Cold first W5a step, session 28 (AMD
+# VM, /tmp script timing the step in a fresh process): 8.0 -> 6.3-6.6 s. An indirect call
+# costs nothing next to a product; the code and so the bits are the same.
 
 
 def _op_functions(rows):
