@@ -439,7 +439,34 @@ def _program(step):
     return progs[0]
 
 
+def build_outputs(kind):
+    """Outputs the one-call replay copies in its last kernel call ("param": a parameter the
+    update writes after the loss; "grad_after": zero_grad after the update, so the last action is
+    Python's) or that Python copies ("view": a transposed, non-contiguous output)."""
+    def build():
+        model = nn.Linear(5, 3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+
+        def step(x, y):
+            opt.zero_grad()
+            pred = model(x)
+            loss = nn.functional.mse_loss(pred, y)
+            loss.backward()
+            opt.step()
+            if kind == "param":
+                return loss, model.weight * 1.0, pred
+            if kind == "view":
+                return pred.t(), loss
+            opt.zero_grad(set_to_none=False)
+            return loss, pred
+        return Twin(step, model.parameters(), opt)
+    return build
+
+
 ONE_CALL = {
+    "outputs_param": (build_outputs("param"), batches_xy(6, (4, 5), (4, 3), seed=50)),
+    "outputs_view": (build_outputs("view"), batches_xy(6, (4, 5), (4, 3), seed=51)),
+    "outputs_grad_after": (build_outputs("grad_after"), batches_xy(6, (4, 5), (4, 3), seed=52)),
     "article001": (build_001, batches_xy(9, (8, 10), (8, 1), seed=40)),
     "article003": (build_003, batches_xy(9, (4, 10), (4, 1), seed=41)),
     "mlp_adam": (_mlp(torch.optim.Adam, nn.MSELoss(), 2, lr=1e-2), batches_xy(9, (8, 6), (8, 2), seed=42)),

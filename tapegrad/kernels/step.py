@@ -24,18 +24,22 @@ KERNELS = ("", "sgd_step", "adam_step", "rmsprop_step")
 
 
 @njit(**NJIT_INNER)
-def _copy(dst, src, nbytes):  # pragma: no cover
-    w = nbytes >> 3
-    for j in range(w):
-        i64p(dst)[j] = i64p(src)[j]
-    for j in range(w << 3, nbytes):
-        u8p(dst)[j] = u8p(src)[j]
+def _copies(addr, k):  # pragma: no cover
+    """The k copies of the table at addr, rows of (destination, source, bytes)."""
+    CP = carray(i64p(addr), (k, 3))
+    for r in range(k):
+        dst, src, nbytes = CP[r, 0], CP[r, 1], CP[r, 2]
+        w = nbytes >> 3
+        for j in range(w):
+            i64p(dst)[j] = i64p(src)[j]
+        for j in range(w << 3, nbytes):
+            u8p(dst)[j] = u8p(src)[j]
 
 
 #: the slots of run_step's argument vector: where each array is (address) and its length
 (T_ADDR, T_ROWS, T_COLS, E_ADDR, E_LEN, FT_ADDR, FT_LEN, LA, LS, LN, NLEAF, BASE, CP_ADDR, NCP, LO, HI, BHI,
  G_ADDR, G_LEN, SC_ADDR, SC_LEN, RS_ADDR, NRS, S_ADDR, S_LEN, KIND, P_ADDR, P_ROWS, H_ADDR, H_ROWS, H_COLS,
- U_ADDR, U_LEN, CLEAN, DIRTY, NSLOT) = range(36)
+ U_ADDR, U_LEN, CLEAN, DIRTY, OC_ADDR, NOC, NSLOT) = range(38)
 
 
 @njit(**NJIT)
@@ -45,7 +49,9 @@ def run_step(A, f64s, sgd, adam, rmsprop, packs):  # pragma: no cover
     Copies (CP: k rows of destination, source, bytes) first; then tape rows LO..HI-1 forward;
     then, when BHI >= 0, the planned backward (gradient addresses G into the scratch SC, which is
     zeroed) from rows <= BHI, seeded with RS (k rows of: row, elements, float64?) and the float64
-    values S one after the other; then optimizer kernel KERNELS[KIND] over (P, la, ls, H, upd).
+    values S one after the other; then optimizer kernel KERNELS[KIND] over (P, la, ls, H, upd);
+    last, when every phase ran, the copies OC (rows as CP's: the step's outputs into the fresh
+    tensors a replay returns; NOC 0 when Python copies them, capture.py's _fresh).
     CLEAN: the plan's buffers are shared (Note [shared gradient scratch] in kernels/lifetime.py):
     the backward zeroes each one after use, so SC is zeroed only when DIRTY (a backward that
     stopped before its end, or the first one: DIRTY starts at 1).
@@ -65,9 +71,7 @@ def run_step(A, f64s, sgd, adam, rmsprop, packs):  # pragma: no cover
     ls = carray(i8p(A[LS]), A[NLEAF])
     ln = carray(i64p(A[LN]), A[NLEAF])
     base = A[BASE]
-    CP = carray(i64p(A[CP_ADDR]), (A[NCP], 3))
-    for j in range(CP.shape[0]):
-        _copy(CP[j, 0], CP[j, 1], CP[j, 2])
+    _copies(A[CP_ADDR], A[NCP])
     r, hi = A[LO], A[HI]
     while r < hi:
         f64 = (T[r, 0] & 3) == 1
@@ -115,6 +119,7 @@ def run_step(A, f64s, sgd, adam, rmsprop, packs):  # pragma: no cover
         A[DIRTY] = 0
     kind = A[KIND]
     if kind == 0:
+        _copies(A[OC_ADDR], A[NOC])
         return -1, 0, 0
     P = carray(i64p(A[P_ADDR]), (A[P_ROWS], K.NCOL))
     P64 = np.bool_(True)    # (not None: the kernels' float64 branch compiled in; not literal True)
@@ -128,4 +133,5 @@ def run_step(A, f64s, sgd, adam, rmsprop, packs):  # pragma: no cover
         done, new = K.rmsprop_step(P, la, ls, H, upd, P64)
     else:
         return 1, 0, 0      # an optimizer this entry was not compiled for
+    _copies(A[OC_ADDR], A[NOC])
     return -1, done, new

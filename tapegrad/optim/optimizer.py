@@ -575,16 +575,20 @@ class Optimizer:
         if not done:
             return
         groups = self.param_groups
-        bumps = [self._bumps(g) for g in groups]
-        b = bumps[0]
-        if done == len(c.params) and bumps.count(b) == len(bumps):   # every row, the same count
+        if self.__class__._bumps is Optimizer._bumps:    # one write a parameter (not overridden)
+            b, bumps, same = 1, None, True
+        else:
+            bumps = [self._bumps(g) for g in groups]
+            b = bumps[0]
+            same = bumps.count(b) == len(bumps)
+        if done == len(c.params) and same:   # every row, the same count
             for vc in c.vcs:
                 vc[0] += b
             TAPE.log_inplace(c.spans if b == 1 else c.spans * b)
         else:
             spans = []
             for i in np.flatnonzero(c.upd[:len(c.params)]).tolist():
-                b = bumps[c.gidx[i]]
+                b = bumps[c.gidx[i]] if bumps is not None else 1
                 c.vcs[i][0] += b
                 spans.extend([c.spans[i]] * b)
             TAPE.log_inplace(spans)
