@@ -40,12 +40,15 @@ def empty_table():
     """The table as a fresh process has it (the functions load from the disk cache again)."""
     saved = opfn.FT.copy()
     keep = dict(opfn._KEEP)
+    ready = bytes(opfn.READY)
     opfn.FT[:] = 0
     opfn._KEEP.clear()
+    opfn.READY[:] = bytes(len(ready))
     yield
     opfn.FT[:] = saved
     opfn._KEEP.clear()
     opfn._KEEP.update(keep)
+    opfn.READY[:] = ready
 
 
 def chain(x, w):
@@ -109,3 +112,24 @@ def test_every_elementwise_op_has_its_functions():
         if spec.kind in ("unary", "binary"):
             names = R.OPFN[spec.opcode]
             assert len(names) == 4 and all(callable(getattr(R, n)) for n in names)
+
+
+def test_native_kinds_compile_when_first_made(empty_table):
+    """Note [native kinds]: a native record's kind gets its functions when its first record is
+    made, and only then (a program compiles the kinds it uses); the replay runs them."""
+    def slots(kind):
+        return opfn.FT[R.NAT + kind * 4 + 2], opfn.FT[R.NAT + kind * 4 + 3]   # float64
+    rng = np.random.default_rng(2)
+    a, b, t = rng.standard_normal((5, 3)), rng.standard_normal((3, 4)), rng.standard_normal((5, 4))
+    A = tg.tensor(a, requires_grad=True)
+    B = tg.tensor(b, requires_grad=True)
+    y = A @ B                                        # kind 2, a product
+    assert all(slots(2)) and not any(slots(1))       # (addmm, kind 1, shares them: not made yet)
+    assert not any(slots(3)) and not any(slots(6))
+    loss = tg.nn.functional.mse_loss(y, tg.tensor(t))     # kind 3
+    assert all(slots(3)) and not any(slots(6))
+    loss.backward()
+    g = 2 * (a @ b - t) / t.size
+    np.testing.assert_allclose(loss.item(), np.mean((a @ b - t) ** 2), rtol=1e-12)
+    np.testing.assert_allclose(A.grad.numpy(), g @ b.T, rtol=1e-12)
+    np.testing.assert_allclose(B.grad.numpy(), a.T @ g, rtol=1e-12)

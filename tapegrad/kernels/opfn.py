@@ -3,7 +3,9 @@
 ``FT[op * 4 + dtype * 2 + direction]`` is the address of the compiled forward (direction 0)
 or backward (1) function of elementwise op `op` for float32 (dtype 0) or float64 (1), or 0
 while it has not been compiled in this process; op 1 (the escape records' opcode) holds the
-native records' functions. The replay returns ``-(r + 2)`` when it meets
+native records' entry points, which call their kind's functions at FT[NAT + 4 kind + 2 dtype +
+direction], compiled when the first record of that kind is made (Note [native kinds] in
+kernels/gen_cpu.py). The replay returns ``-(r + 2)`` when it meets
 record r whose function is 0; the tape then calls ``ensure_rows`` and resumes there. Each
 function is a ``numba.cfunc`` cached on disk (config.CFUNC): compiled once per machine, loaded from the
 cache after that (a few ms). Only the ops a program uses are compiled.
@@ -24,13 +26,30 @@ _SIG12 = types.void(*([types.int64] * 12 + [types.float64]))
 
 
 _NATIVE = ("_nat_fwd_f32", "_nat_bwd_f32", "_nat_fwd_f64", "_nat_bwd_f64")
+#: a native record's kind -> the name of its functions (Note [native kinds] in kernels/gen_cpu.py)
+_KINDS = {1: "prod", 2: "prod", 3: "mse", 4: "view", 5: "bcast", 6: "logsm", 7: "nll"}
+#: READY[2 * kind + dtype]: that kind's functions are in the table
+READY = bytearray(16)
+_BY_NAME = {}       # cfunc by function name (kinds 1 and 2 share theirs)
 
 
 def _compile(j, name, sig):
     if not FT[j]:
-        fn = numba.cfunc(sig, **config.CFUNC)(getattr(R, name))
+        fn = _BY_NAME.get(name)
+        if fn is None:
+            fn = _BY_NAME[name] = numba.cfunc(sig, **config.CFUNC)(getattr(R, name))
         _KEEP[j] = fn
         FT[j] = fn.address
+
+
+def ensure_native(kind, dt):
+    """Compile (or load) the functions of native records of `kind` for dtype dt (0 float32, 1
+    float64): called when such a record is made, before any replay can meet it (the native
+    records' entry points, ensure(1, dt), call them by address: Note [native kinds])."""
+    fam, suf = _KINDS[kind], ("f32", "f64")[dt]
+    _compile(R.NAT + kind * 4 + dt * 2, f"_natf_{fam}_{suf}", _SIG[0])
+    _compile(R.NAT + kind * 4 + dt * 2 + 1, f"_natb_{fam}_{suf}", _SIG12)
+    READY[2 * kind + dt] = 1
 
 
 def ensure(op, dt):
@@ -39,6 +58,9 @@ def ensure(op, dt):
     the products they call (FT[GEMM + dt]: Note [gemm by address] in kernels/gen_cpu.py)."""
     if op == 1:
         _compile(R.GEMM + dt, ("_gemm_f32", "_gemm_f64")[dt], _SIG12)
+        for kind in _KINDS:     # the kinds already made (their slots are empty if the table was)
+            if READY[2 * kind + dt]:
+                ensure_native(kind, dt)
     for d in (0, 1):
         name = (_NATIVE if op == 1 else R.OPFN[op])[dt * 2 + d]
         _compile(op * 4 + dt * 2 + d, name, _SIG12 if op == 1 and d == 1 else _SIG[d])

@@ -23,6 +23,8 @@ SUM, MEAN = 31, 32
 #: the products' op functions are FT[GEMM + dtype] (op 0's slots: op 0 has no op function;
 #: Note [gemm by address])
 GEMM = 0
+#: a native record of kind K runs FT[NAT + 4 K + 2 dtype + direction] (Note [native kinds])
+NAT = 128
 
 
 def _op2_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (neg)
@@ -1700,80 +1702,223 @@ def _packed_bt_f32(E, d, PK):  # pragma: no cover
 
 def _nat_fwd_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
     """A native record's forward (an op function, in slot PY of the table: compiled the first
-    time a tape runs one). u2: 0, or the address of B's transpose packed into rows (Note [packed
-    transposes]); PF: the table's address (the products: Note [gemm by address]); u4..uc:
-    unused, the table's forward signature."""
+    time a tape runs one): its kind's function, called by address (Note [native kinds]).
+    u2: 0, or the address of B's transpose packed into rows (Note [packed transposes]); PF: the
+    table's address; u4..uc: unused, the table's forward signature."""
+    call_fwd(i64p(PF)[NAT + i64p(pd)[0] * 4 + 0 * 2], pd, o, u2, PF, u4, u5, uc)
+
+
+def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
+    record's gradient; PT, PE: the tape's rows and edges; PF: the table's; uc: unused): its
+    kind's function, called by address (Note [native kinds])."""
+    call12(i64p(PF)[NAT + i64p(pd)[0] * 4 + 0 * 2 + 1], pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE,
+           PF, uc)
+
+
+def _natf_mse_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of mse_loss (kind 3)."""
     d = i64p(pd)
-    kind = d[0]
-    if kind == 3:
-        N = d[2]
-        x = f32p(d[3])
-        t = f32p(d[4])
-        acc = 0.0
+    N = d[2]
+    x = f32p(d[3])
+    t = f32p(d[4])
+    acc = 0.0
+    for i in range(N):
+        v = np.float64(x[i]) - np.float64(t[i])
+        acc += v * v
+    f32p(o)[0] = acc / N if d[5] else acc
+
+
+def _natb_mse_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of mse_loss (kind 3)."""
+    d = i64p(pd)
+    p = i64p(pp)
+    N = d[2]
+    v = np.float32(np.float32(2.0) * f32p(gq)[0])
+    if d[5]:
+        v = v / np.float32(N)
+    x = f32p(d[3])
+    t = f32p(d[4])
+    gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+    if gx != 0:
+        X = f32p(gx)
         for i in range(N):
-            v = np.float64(x[i]) - np.float64(t[i])
-            acc += v * v
-        f32p(o)[0] = acc / N if d[5] else acc
-        return
-    if kind == 4:
-        return          # a view: its output is its input's storage
-    if kind == 6:       # (in double: max, sum of exp, log; one rounding to the output's dtype)
-        R, C = d[2], d[3]
-        x = f32p(d[4])
-        y = f32p(o)
-        for i in range(R):
-            b = i * C
-            m = np.float64(x[b])
-            for j in range(1, C):
-                if x[b + j] > m:
-                    m = np.float64(x[b + j])
-            s = 0.0
-            for j in range(C):
-                s += np.exp(np.float64(x[b + j]) - m)
-            ls = np.log(s)
-            for j in range(C):
-                y[b + j] = np.float32(np.float64(x[b + j]) - m - ls)
-        return
-    if kind == 7:       # (the targets were checked before this runs: ops/pyops.py's nll_check)
-        N, C, ign = d[2], d[3], d[6]
-        x = f32p(d[4])
-        t = i64p(d[5])
-        y = f32p(o)
-        acc = 0.0
-        cnt = 0
+            X[i] += np.float32(x[i] - t[i]) * v
+    gt = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
+    if gt != 0:
+        Y = f32p(gt)
         for i in range(N):
-            c = t[i]
-            v = 0.0
-            if c != ign:
-                cnt += 1
-                v = -np.float64(x[i * C + c]) if 0 <= c < C else np.nan
-            if d[1] == 0:
-                y[i] = np.float32(v)
-            acc += v
-        if d[1] == 1:
-            y[0] = np.float32(acc / cnt)     # (no target kept: 0 / 0, nan, as torch)
-        elif d[1] == 2:
-            y[0] = np.float32(acc)
-        return
-    if kind == 5:
-        N, nd = d[2], d[6]
-        al = np.float32(f64p(pd + 40)[0])
-        if d[1] == 1:
-            al = -al
-        x = f32p(d[3])
-        y = f32p(d[4])
-        z = f32p(o)
-        if nd == 2:     # (ops/pyops.py's _coalesce makes most of them two-level loops)
-            s0, s1, a0, a1, b0, b1 = d[7], d[8], d[9], d[10], d[11], d[12]
+            Y[i] -= np.float32(x[i] - t[i]) * v
+
+
+def _natf_view_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of a view (kind 4)."""
+    return      # its output is its input's storage
+
+
+def _natb_view_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of a view (kind 4)."""
+    d = i64p(pd)
+    p = i64p(pp)
+    gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+    if gx != 0:
+        N, off, nd = d[2], d[3], d[4]
+        X = f32p(gx + off * 4)
+        G = f32p(gq)
+        if nd == 2:
+            s0, s1, a0, a1 = d[5], d[6], d[7], d[8]
             for i in range(s0):
                 for j in range(s1):
-                    z[i * s1 + j] = x[i * a0 + j * a1] + al * y[i * b0 + j * b1]
+                    X[i * a0 + j * a1] += G[i * s1 + j]
             return
-        ox = _offsets(N, nd, pd + 56, pd + 56 + 8 * nd)
-        oy = _offsets(N, nd, pd + 56, pd + 56 + 16 * nd)
+        ox = _offsets(N, nd, pd + 40, pd + 40 + 8 * nd)
         for i in range(N):
-            z[i] = x[ox[i]] + al * y[oy[i]]
+            X[ox[i]] += G[i]
+
+
+def _natf_bcast_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of a broadcast add or sub (kind 5)."""
+    d = i64p(pd)
+    N, nd = d[2], d[6]
+    al = np.float32(f64p(pd + 40)[0])
+    if d[1] == 1:
+        al = -al
+    x = f32p(d[3])
+    y = f32p(d[4])
+    z = f32p(o)
+    if nd == 2:     # (ops/pyops.py's _coalesce makes most of them two-level loops)
+        s0, s1, a0, a1, b0, b1 = d[7], d[8], d[9], d[10], d[11], d[12]
+        for i in range(s0):
+            for j in range(s1):
+                z[i * s1 + j] = x[i * a0 + j * a1] + al * y[i * b0 + j * b1]
         return
+    ox = _offsets(N, nd, pd + 56, pd + 56 + 8 * nd)
+    oy = _offsets(N, nd, pd + 56, pd + 56 + 16 * nd)
+    for i in range(N):
+        z[i] = x[ox[i]] + al * y[oy[i]]
+
+
+def _natb_bcast_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of a broadcast add or sub (kind 5)."""
+    d = i64p(pd)
+    p = i64p(pp)
+    N, nd = d[2], d[6]
+    al = np.float32(f64p(pd + 40)[0])
+    if d[1] == 1:
+        al = -al
+    G = f32p(gq)
+    for w in range(2):      # x's gradient (alpha 1), then y's
+        gw = _grad_addr(p[w], PG, PLA, PLS, PLN, base)
+        if gw == 0:
+            continue
+        X = f32p(gw)
+        f = np.float32(1.0) if w == 0 else al
+        ps = pd + 56 + 8 * nd * (w + 1)
+        if nd == 2:
+            s0, s1, a0, a1 = d[7], d[8], i64p(ps)[0], i64p(ps)[1]
+            for i in range(s0):
+                for j in range(s1):
+                    X[i * a0 + j * a1] += f * G[i * s1 + j]
+        else:
+            ox = _offsets(N, nd, pd + 56, ps)
+            for i in range(N):
+                X[ox[i]] += f * G[i]
+
+
+def _natf_logsm_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of log_softmax over rows (kind 6)."""
+    # (in double: max, sum of exp, log; one rounding to the output's dtype)
+    d = i64p(pd)
+    R, C = d[2], d[3]
+    x = f32p(d[4])
+    y = f32p(o)
+    for i in range(R):
+        b = i * C
+        m = np.float64(x[b])
+        for j in range(1, C):
+            if x[b + j] > m:
+                m = np.float64(x[b + j])
+        s = 0.0
+        for j in range(C):
+            s += np.exp(np.float64(x[b + j]) - m)
+        ls = np.log(s)
+        for j in range(C):
+            y[b + j] = np.float32(np.float64(x[b + j]) - m - ls)
+
+
+def _natb_logsm_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of log_softmax over rows (kind 6)."""
+    # dx += g - exp(out) * (g summed over the row)
+    d = i64p(pd)
+    p = i64p(pp)
+    gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+    if gx != 0:
+        R, C = d[2], d[3]
+        X = f32p(gx)
+        G = f32p(gq)
+        Y = f32p(o)
+        for i in range(R):
+            b = i * C
+            s = 0.0
+            for j in range(C):
+                s += G[b + j]
+            for j in range(C):
+                X[b + j] += np.float32(G[b + j] - np.exp(np.float64(Y[b + j])) * s)
+
+
+def _natf_nll_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of nll_loss (kind 7)."""
+    # (the targets were checked before this runs: ops/pyops.py's nll_check)
+    d = i64p(pd)
+    N, C, ign = d[2], d[3], d[6]
+    x = f32p(d[4])
+    t = i64p(d[5])
+    y = f32p(o)
+    acc = 0.0
+    cnt = 0
+    for i in range(N):
+        c = t[i]
+        v = 0.0
+        if c != ign:
+            cnt += 1
+            v = -np.float64(x[i * C + c]) if 0 <= c < C else np.nan
+        if d[1] == 0:
+            y[i] = np.float32(v)
+        acc += v
+    if d[1] == 1:
+        y[0] = np.float32(acc / cnt)     # (no target kept: 0 / 0, nan, as torch)
+    elif d[1] == 2:
+        y[0] = np.float32(acc)
+
+
+def _natb_nll_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of nll_loss (kind 7)."""
+    # dx[i, t[i]] += -g (none, sum) or -g / (targets kept) (mean)
+    d = i64p(pd)
+    p = i64p(pp)
+    gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+    if gx != 0:
+        N, C, ign = d[2], d[3], d[6]
+        X = f32p(gx)
+        t = i64p(d[5])
+        G = f32p(gq)
+        v = -np.float64(G[0])
+        if d[1] == 1:
+            cnt = 0
+            for i in range(N):
+                if t[i] != ign:
+                    cnt += 1
+            v = v / cnt
+        for i in range(N):
+            c = t[i]
+            if c != ign and 0 <= c < C:
+                X[i * C + c] += np.float32(-np.float64(G[i]) if d[1] == 0 else v)
+
+
+def _natf_prod_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of a matrix product (kind 1, addmm: x @ W.T + bias; kind 2, mm: A @ B)."""
+    d = i64p(pd)
+    kind = d[0]
     m, k, n = d[2], d[3], d[4]
     g = i64p(PF)[GEMM + 0]
     if u2 != 0:         # B's transpose, packed by forward_f32 (the product small_gemm_bt computes)
@@ -1791,104 +1936,11 @@ def _nat_fwd_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
                 y[i * n + j] += bb[j * bs]
 
 
-def _nat_bwd_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
-    """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
-    record's gradient; PT, PE: the tape's rows and edges; PF: the table's (Note [gemm by
-    address]); uc: unused)."""
+def _natb_prod_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of a matrix product (kinds 1 and 2)."""
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
-    if kind == 3:
-        N = d[2]
-        v = np.float32(np.float32(2.0) * f32p(gq)[0])
-        if d[5]:
-            v = v / np.float32(N)
-        x = f32p(d[3])
-        t = f32p(d[4])
-        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
-        if gx != 0:
-            X = f32p(gx)
-            for i in range(N):
-                X[i] += np.float32(x[i] - t[i]) * v
-        gt = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
-        if gt != 0:
-            Y = f32p(gt)
-            for i in range(N):
-                Y[i] -= np.float32(x[i] - t[i]) * v
-        return
-    if kind == 4:
-        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
-        if gx != 0:
-            N, off, nd = d[2], d[3], d[4]
-            X = f32p(gx + off * 4)
-            G = f32p(gq)
-            if nd == 2:
-                s0, s1, a0, a1 = d[5], d[6], d[7], d[8]
-                for i in range(s0):
-                    for j in range(s1):
-                        X[i * a0 + j * a1] += G[i * s1 + j]
-                return
-            ox = _offsets(N, nd, pd + 40, pd + 40 + 8 * nd)
-            for i in range(N):
-                X[ox[i]] += G[i]
-        return
-    if kind == 6:       # dx += g - exp(out) * (g summed over the row)
-        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
-        if gx != 0:
-            R, C = d[2], d[3]
-            X = f32p(gx)
-            G = f32p(gq)
-            Y = f32p(o)
-            for i in range(R):
-                b = i * C
-                s = 0.0
-                for j in range(C):
-                    s += G[b + j]
-                for j in range(C):
-                    X[b + j] += np.float32(G[b + j] - np.exp(np.float64(Y[b + j])) * s)
-        return
-    if kind == 7:       # dx[i, t[i]] += -g (none, sum) or -g / (targets kept) (mean)
-        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
-        if gx != 0:
-            N, C, ign = d[2], d[3], d[6]
-            X = f32p(gx)
-            t = i64p(d[5])
-            G = f32p(gq)
-            v = -np.float64(G[0])
-            if d[1] == 1:
-                cnt = 0
-                for i in range(N):
-                    if t[i] != ign:
-                        cnt += 1
-                v = v / cnt
-            for i in range(N):
-                c = t[i]
-                if c != ign and 0 <= c < C:
-                    X[i * C + c] += np.float32(-np.float64(G[i]) if d[1] == 0 else v)
-        return
-    if kind == 5:
-        N, nd = d[2], d[6]
-        al = np.float32(f64p(pd + 40)[0])
-        if d[1] == 1:
-            al = -al
-        G = f32p(gq)
-        for w in range(2):      # x's gradient (alpha 1), then y's
-            gw = _grad_addr(p[w], PG, PLA, PLS, PLN, base)
-            if gw == 0:
-                continue
-            X = f32p(gw)
-            f = np.float32(1.0) if w == 0 else al
-            ps = pd + 56 + 8 * nd * (w + 1)
-            if nd == 2:
-                s0, s1, a0, a1 = d[7], d[8], i64p(ps)[0], i64p(ps)[1]
-                for i in range(s0):
-                    for j in range(s1):
-                        X[i * a0 + j * a1] += f * G[i * s1 + j]
-            else:
-                ox = _offsets(N, nd, pd + 56, ps)
-                for i in range(N):
-                    X[ox[i]] += f * G[i]
-        return
     m, k, n = d[2], d[3], d[4]
     g = i64p(PF)[GEMM + 0]
     if kind == 1:
@@ -2336,80 +2388,223 @@ def _packed_bt_f64(E, d, PK):  # pragma: no cover
 
 def _nat_fwd_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
     """A native record's forward (an op function, in slot PY of the table: compiled the first
-    time a tape runs one). u2: 0, or the address of B's transpose packed into rows (Note [packed
-    transposes]); PF: the table's address (the products: Note [gemm by address]); u4..uc:
-    unused, the table's forward signature."""
+    time a tape runs one): its kind's function, called by address (Note [native kinds]).
+    u2: 0, or the address of B's transpose packed into rows (Note [packed transposes]); PF: the
+    table's address; u4..uc: unused, the table's forward signature."""
+    call_fwd(i64p(PF)[NAT + i64p(pd)[0] * 4 + 1 * 2], pd, o, u2, PF, u4, u5, uc)
+
+
+def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
+    record's gradient; PT, PE: the tape's rows and edges; PF: the table's; uc: unused): its
+    kind's function, called by address (Note [native kinds])."""
+    call12(i64p(PF)[NAT + i64p(pd)[0] * 4 + 1 * 2 + 1], pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE,
+           PF, uc)
+
+
+def _natf_mse_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of mse_loss (kind 3)."""
     d = i64p(pd)
-    kind = d[0]
-    if kind == 3:
-        N = d[2]
-        x = f64p(d[3])
-        t = f64p(d[4])
-        acc = 0.0
+    N = d[2]
+    x = f64p(d[3])
+    t = f64p(d[4])
+    acc = 0.0
+    for i in range(N):
+        v = np.float64(x[i]) - np.float64(t[i])
+        acc += v * v
+    f64p(o)[0] = acc / N if d[5] else acc
+
+
+def _natb_mse_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of mse_loss (kind 3)."""
+    d = i64p(pd)
+    p = i64p(pp)
+    N = d[2]
+    v = np.float64(np.float64(2.0) * f64p(gq)[0])
+    if d[5]:
+        v = v / np.float64(N)
+    x = f64p(d[3])
+    t = f64p(d[4])
+    gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+    if gx != 0:
+        X = f64p(gx)
         for i in range(N):
-            v = np.float64(x[i]) - np.float64(t[i])
-            acc += v * v
-        f64p(o)[0] = acc / N if d[5] else acc
-        return
-    if kind == 4:
-        return          # a view: its output is its input's storage
-    if kind == 6:       # (in double: max, sum of exp, log; one rounding to the output's dtype)
-        R, C = d[2], d[3]
-        x = f64p(d[4])
-        y = f64p(o)
-        for i in range(R):
-            b = i * C
-            m = np.float64(x[b])
-            for j in range(1, C):
-                if x[b + j] > m:
-                    m = np.float64(x[b + j])
-            s = 0.0
-            for j in range(C):
-                s += np.exp(np.float64(x[b + j]) - m)
-            ls = np.log(s)
-            for j in range(C):
-                y[b + j] = np.float64(np.float64(x[b + j]) - m - ls)
-        return
-    if kind == 7:       # (the targets were checked before this runs: ops/pyops.py's nll_check)
-        N, C, ign = d[2], d[3], d[6]
-        x = f64p(d[4])
-        t = i64p(d[5])
-        y = f64p(o)
-        acc = 0.0
-        cnt = 0
+            X[i] += np.float64(x[i] - t[i]) * v
+    gt = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
+    if gt != 0:
+        Y = f64p(gt)
         for i in range(N):
-            c = t[i]
-            v = 0.0
-            if c != ign:
-                cnt += 1
-                v = -np.float64(x[i * C + c]) if 0 <= c < C else np.nan
-            if d[1] == 0:
-                y[i] = np.float64(v)
-            acc += v
-        if d[1] == 1:
-            y[0] = np.float64(acc / cnt)     # (no target kept: 0 / 0, nan, as torch)
-        elif d[1] == 2:
-            y[0] = np.float64(acc)
-        return
-    if kind == 5:
-        N, nd = d[2], d[6]
-        al = np.float64(f64p(pd + 40)[0])
-        if d[1] == 1:
-            al = -al
-        x = f64p(d[3])
-        y = f64p(d[4])
-        z = f64p(o)
-        if nd == 2:     # (ops/pyops.py's _coalesce makes most of them two-level loops)
-            s0, s1, a0, a1, b0, b1 = d[7], d[8], d[9], d[10], d[11], d[12]
+            Y[i] -= np.float64(x[i] - t[i]) * v
+
+
+def _natf_view_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of a view (kind 4)."""
+    return      # its output is its input's storage
+
+
+def _natb_view_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of a view (kind 4)."""
+    d = i64p(pd)
+    p = i64p(pp)
+    gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+    if gx != 0:
+        N, off, nd = d[2], d[3], d[4]
+        X = f64p(gx + off * 8)
+        G = f64p(gq)
+        if nd == 2:
+            s0, s1, a0, a1 = d[5], d[6], d[7], d[8]
             for i in range(s0):
                 for j in range(s1):
-                    z[i * s1 + j] = x[i * a0 + j * a1] + al * y[i * b0 + j * b1]
+                    X[i * a0 + j * a1] += G[i * s1 + j]
             return
-        ox = _offsets(N, nd, pd + 56, pd + 56 + 8 * nd)
-        oy = _offsets(N, nd, pd + 56, pd + 56 + 16 * nd)
+        ox = _offsets(N, nd, pd + 40, pd + 40 + 8 * nd)
         for i in range(N):
-            z[i] = x[ox[i]] + al * y[oy[i]]
+            X[ox[i]] += G[i]
+
+
+def _natf_bcast_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of a broadcast add or sub (kind 5)."""
+    d = i64p(pd)
+    N, nd = d[2], d[6]
+    al = np.float64(f64p(pd + 40)[0])
+    if d[1] == 1:
+        al = -al
+    x = f64p(d[3])
+    y = f64p(d[4])
+    z = f64p(o)
+    if nd == 2:     # (ops/pyops.py's _coalesce makes most of them two-level loops)
+        s0, s1, a0, a1, b0, b1 = d[7], d[8], d[9], d[10], d[11], d[12]
+        for i in range(s0):
+            for j in range(s1):
+                z[i * s1 + j] = x[i * a0 + j * a1] + al * y[i * b0 + j * b1]
         return
+    ox = _offsets(N, nd, pd + 56, pd + 56 + 8 * nd)
+    oy = _offsets(N, nd, pd + 56, pd + 56 + 16 * nd)
+    for i in range(N):
+        z[i] = x[ox[i]] + al * y[oy[i]]
+
+
+def _natb_bcast_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of a broadcast add or sub (kind 5)."""
+    d = i64p(pd)
+    p = i64p(pp)
+    N, nd = d[2], d[6]
+    al = np.float64(f64p(pd + 40)[0])
+    if d[1] == 1:
+        al = -al
+    G = f64p(gq)
+    for w in range(2):      # x's gradient (alpha 1), then y's
+        gw = _grad_addr(p[w], PG, PLA, PLS, PLN, base)
+        if gw == 0:
+            continue
+        X = f64p(gw)
+        f = np.float64(1.0) if w == 0 else al
+        ps = pd + 56 + 8 * nd * (w + 1)
+        if nd == 2:
+            s0, s1, a0, a1 = d[7], d[8], i64p(ps)[0], i64p(ps)[1]
+            for i in range(s0):
+                for j in range(s1):
+                    X[i * a0 + j * a1] += f * G[i * s1 + j]
+        else:
+            ox = _offsets(N, nd, pd + 56, ps)
+            for i in range(N):
+                X[ox[i]] += f * G[i]
+
+
+def _natf_logsm_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of log_softmax over rows (kind 6)."""
+    # (in double: max, sum of exp, log; one rounding to the output's dtype)
+    d = i64p(pd)
+    R, C = d[2], d[3]
+    x = f64p(d[4])
+    y = f64p(o)
+    for i in range(R):
+        b = i * C
+        m = np.float64(x[b])
+        for j in range(1, C):
+            if x[b + j] > m:
+                m = np.float64(x[b + j])
+        s = 0.0
+        for j in range(C):
+            s += np.exp(np.float64(x[b + j]) - m)
+        ls = np.log(s)
+        for j in range(C):
+            y[b + j] = np.float64(np.float64(x[b + j]) - m - ls)
+
+
+def _natb_logsm_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of log_softmax over rows (kind 6)."""
+    # dx += g - exp(out) * (g summed over the row)
+    d = i64p(pd)
+    p = i64p(pp)
+    gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+    if gx != 0:
+        R, C = d[2], d[3]
+        X = f64p(gx)
+        G = f64p(gq)
+        Y = f64p(o)
+        for i in range(R):
+            b = i * C
+            s = 0.0
+            for j in range(C):
+                s += G[b + j]
+            for j in range(C):
+                X[b + j] += np.float64(G[b + j] - np.exp(np.float64(Y[b + j])) * s)
+
+
+def _natf_nll_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of nll_loss (kind 7)."""
+    # (the targets were checked before this runs: ops/pyops.py's nll_check)
+    d = i64p(pd)
+    N, C, ign = d[2], d[3], d[6]
+    x = f64p(d[4])
+    t = i64p(d[5])
+    y = f64p(o)
+    acc = 0.0
+    cnt = 0
+    for i in range(N):
+        c = t[i]
+        v = 0.0
+        if c != ign:
+            cnt += 1
+            v = -np.float64(x[i * C + c]) if 0 <= c < C else np.nan
+        if d[1] == 0:
+            y[i] = np.float64(v)
+        acc += v
+    if d[1] == 1:
+        y[0] = np.float64(acc / cnt)     # (no target kept: 0 / 0, nan, as torch)
+    elif d[1] == 2:
+        y[0] = np.float64(acc)
+
+
+def _natb_nll_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of nll_loss (kind 7)."""
+    # dx[i, t[i]] += -g (none, sum) or -g / (targets kept) (mean)
+    d = i64p(pd)
+    p = i64p(pp)
+    gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
+    if gx != 0:
+        N, C, ign = d[2], d[3], d[6]
+        X = f64p(gx)
+        t = i64p(d[5])
+        G = f64p(gq)
+        v = -np.float64(G[0])
+        if d[1] == 1:
+            cnt = 0
+            for i in range(N):
+                if t[i] != ign:
+                    cnt += 1
+            v = v / cnt
+        for i in range(N):
+            c = t[i]
+            if c != ign and 0 <= c < C:
+                X[i * C + c] += np.float64(-np.float64(G[i]) if d[1] == 0 else v)
+
+
+def _natf_prod_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
+    """The forward of a matrix product (kind 1, addmm: x @ W.T + bias; kind 2, mm: A @ B)."""
+    d = i64p(pd)
+    kind = d[0]
     m, k, n = d[2], d[3], d[4]
     g = i64p(PF)[GEMM + 1]
     if u2 != 0:         # B's transpose, packed by forward_f64 (the product small_gemm_bt computes)
@@ -2427,104 +2622,11 @@ def _nat_fwd_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
                 y[i * n + j] += bb[j * bs]
 
 
-def _nat_bwd_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
-    """A native record's backward (pd: the descriptor's address, pp: the producer list's, gq: the
-    record's gradient; PT, PE: the tape's rows and edges; PF: the table's (Note [gemm by
-    address]); uc: unused)."""
+def _natb_prod_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
+    """The backward of a matrix product (kinds 1 and 2)."""
     d = i64p(pd)
     p = i64p(pp)
     kind = d[0]
-    if kind == 3:
-        N = d[2]
-        v = np.float64(np.float64(2.0) * f64p(gq)[0])
-        if d[5]:
-            v = v / np.float64(N)
-        x = f64p(d[3])
-        t = f64p(d[4])
-        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
-        if gx != 0:
-            X = f64p(gx)
-            for i in range(N):
-                X[i] += np.float64(x[i] - t[i]) * v
-        gt = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
-        if gt != 0:
-            Y = f64p(gt)
-            for i in range(N):
-                Y[i] -= np.float64(x[i] - t[i]) * v
-        return
-    if kind == 4:
-        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
-        if gx != 0:
-            N, off, nd = d[2], d[3], d[4]
-            X = f64p(gx + off * 8)
-            G = f64p(gq)
-            if nd == 2:
-                s0, s1, a0, a1 = d[5], d[6], d[7], d[8]
-                for i in range(s0):
-                    for j in range(s1):
-                        X[i * a0 + j * a1] += G[i * s1 + j]
-                return
-            ox = _offsets(N, nd, pd + 40, pd + 40 + 8 * nd)
-            for i in range(N):
-                X[ox[i]] += G[i]
-        return
-    if kind == 6:       # dx += g - exp(out) * (g summed over the row)
-        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
-        if gx != 0:
-            R, C = d[2], d[3]
-            X = f64p(gx)
-            G = f64p(gq)
-            Y = f64p(o)
-            for i in range(R):
-                b = i * C
-                s = 0.0
-                for j in range(C):
-                    s += G[b + j]
-                for j in range(C):
-                    X[b + j] += np.float64(G[b + j] - np.exp(np.float64(Y[b + j])) * s)
-        return
-    if kind == 7:       # dx[i, t[i]] += -g (none, sum) or -g / (targets kept) (mean)
-        gx = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
-        if gx != 0:
-            N, C, ign = d[2], d[3], d[6]
-            X = f64p(gx)
-            t = i64p(d[5])
-            G = f64p(gq)
-            v = -np.float64(G[0])
-            if d[1] == 1:
-                cnt = 0
-                for i in range(N):
-                    if t[i] != ign:
-                        cnt += 1
-                v = v / cnt
-            for i in range(N):
-                c = t[i]
-                if c != ign and 0 <= c < C:
-                    X[i * C + c] += np.float64(-np.float64(G[i]) if d[1] == 0 else v)
-        return
-    if kind == 5:
-        N, nd = d[2], d[6]
-        al = np.float64(f64p(pd + 40)[0])
-        if d[1] == 1:
-            al = -al
-        G = f64p(gq)
-        for w in range(2):      # x's gradient (alpha 1), then y's
-            gw = _grad_addr(p[w], PG, PLA, PLS, PLN, base)
-            if gw == 0:
-                continue
-            X = f64p(gw)
-            f = np.float64(1.0) if w == 0 else al
-            ps = pd + 56 + 8 * nd * (w + 1)
-            if nd == 2:
-                s0, s1, a0, a1 = d[7], d[8], i64p(ps)[0], i64p(ps)[1]
-                for i in range(s0):
-                    for j in range(s1):
-                        X[i * a0 + j * a1] += f * G[i * s1 + j]
-            else:
-                ox = _offsets(N, nd, pd + 56, ps)
-                for i in range(N):
-                    X[ox[i]] += f * G[i]
-        return
     m, k, n = d[2], d[3], d[4]
     g = i64p(PF)[GEMM + 1]
     if kind == 1:

@@ -18,10 +18,13 @@ from .. import _dtype as D
 from .. import config
 from ..autograd.grad_mode import _STATE as _GRAD
 from ..kernels import blas as _blas
+from ..kernels import opfn as _opfn
 from ..kernels import replay_cpu as _replay
 from ..storage import byte_span
 from ..tape.tape import _NO_ATTRS, PACK as _PACK_ROW, ROW, TAPE, PyRec
 from .table import BY_OPCODE, OPS, PY as _PY, OpSpec
+
+_NAT_READY = _opfn.READY
 
 _new_rec = object.__new__
 
@@ -127,6 +130,8 @@ def _record12(spec, out, a, b, fn, vjp, saves, lin, native, attrs=None, c=None):
                    b._dtype.np, c._base, c._addr, c._shape, c._stride, c._dtype.np)
     rec._vo = (out._base, out._addr, out._shape, out._stride, odt.np)
     # Tape.append_py and Tape.append, written out
+    if native and not _NAT_READY[2 * native[0] + (odt.code & 1)]:
+        _opfn.ensure_native(native[0], odt.code & 1)    # (Note [native kinds] in kernels/gen_cpu.py)
     tape = TAPE
     edges = tape.edges
     e = len(edges)

@@ -375,6 +375,8 @@ class Tape:
         """Append escape record `rec` (a PyRec); returns its global index. `native`: the descriptor
         with which the jitted replay runs the record itself (ops/pyops.py's Note [native records]);
         it follows the producer list in ``edges``, and column b holds its offset (0: none)."""
+        if native and not _opfn.READY[2 * native[0] + (dt & 1)]:
+            _opfn.ensure_native(native[0], dt & 1)     # (Note [native kinds] in kernels/gen_cpu.py)
         r = self.next_index
         e = len(self.edges)
         d = e + 1 + len(producers) if native else 0
