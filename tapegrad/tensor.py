@@ -895,8 +895,21 @@ def _make_jit_binary(name):
         tape = TAPE
         rg = (x._rg or y._rg) and _GRAD[0]
         if rg:   # producers first: a new leaf slot may sweep the tape before the index is taken
-            pa = (x._rec if x._rec >= 0 else _producer(x)) if x._rg else -1
-            pb = (y._rec if y._rec >= 0 else _producer(y)) if y._rg else -1
+            # (_producer, written out for a leaf the tape already holds: W1's every other operand)
+            if x._rg:
+                pa = x._rec
+                if pa < 0:
+                    s = x._slot
+                    pa = -2 - s if s >= 0 and s in tape.leaf_hold else _producer(x)
+            else:
+                pa = -1
+            if y._rg:
+                pb = y._rec
+                if pb < 0:
+                    s = y._slot
+                    pb = -2 - s if s >= 0 and s in tape.leaf_hold else _producer(y)
+            else:
+                pb = -1
         i = tape.n
         if not (tape.base + i) & 4095:
             _segment_start(tape)
