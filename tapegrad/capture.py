@@ -283,7 +283,6 @@ class _OneCall:
             last.keep.append(oc)
             last.A[S.OC_ADDR], last.A[S.NOC] = oc.ctypes.data, len(self.outs)
             self.dst = memoryview(oc).cast("B").cast("q")   # dst[3 * j]: output j's fresh copy
-            self.likes = [(o._shape, o._dtype) for o in self.outs]
         return self
 
     def _kernel_args(self, a, inputs):
@@ -341,8 +340,8 @@ class _OneCall:
         if dst is not None:             # the fresh outputs, which the last kernel call fills
             empty = _late()[1]
             fresh, j = [], 0
-            for shape, dt in self.likes:
-                o = empty(shape, dt)
+            for like in self.outs:
+                o = empty(like._shape, like._dtype)
                 dst[j] = o._addr
                 fresh.append(o)
                 j += 3
