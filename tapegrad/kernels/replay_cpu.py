@@ -768,6 +768,10 @@ def _op24_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (add)
     z = carray(f32p(pz), n if sz else 1)
     o = carray(f32p(po), n)
     if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        if c == 1.0:   # (Note [unit alpha])
+            for i in range(n):
+                o[i] = x[i] + z[i]
+            return
         for i in range(n):
             o[i] = E.add_f(x[i], z[i], c)
     else:
@@ -783,6 +787,11 @@ def _op24_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no
     gx = carray(f32p(pgx), (n if sx else 1) if wx else 0)
     gz = carray(f32p(pgz), (n if sz else 1) if wz else 0)
     if sx == 1 and sz == 1 and wx and wz:
+        if c == 1.0:
+            for i in range(n):
+                gx[i] += g[i]
+                gz[i] += g[i]
+            return
         for i in range(n):
             dx, dz = E.add_b(x[i], z[i], y[i], g[i], c)
             gx[i] += dx
@@ -834,6 +843,10 @@ def _op25_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (sub)
     z = carray(f32p(pz), n if sz else 1)
     o = carray(f32p(po), n)
     if sx == 1 and sz == 1:   # no broadcast: unit strides, so the loop vectorizes
+        if c == 1.0:   # (Note [unit alpha])
+            for i in range(n):
+                o[i] = x[i] - z[i]
+            return
         for i in range(n):
             o[i] = E.sub_f(x[i], z[i], c)
     else:
@@ -849,6 +862,11 @@ def _op25_bwd_f32(px, pz, py, pg, pgx, pgz, n, sx, sz, wx, wz, c):  # pragma: no
     gx = carray(f32p(pgx), (n if sx else 1) if wx else 0)
     gz = carray(f32p(pgz), (n if sz else 1) if wz else 0)
     if sx == 1 and sz == 1 and wx and wz:
+        if c == 1.0:
+            for i in range(n):
+                gx[i] += g[i]
+                gz[i] -= g[i]
+            return
         for i in range(n):
             dx, dz = E.sub_b(x[i], z[i], y[i], g[i], c)
             gx[i] += dx
@@ -1788,6 +1806,12 @@ def _natf_bcast_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
     z = f32p(o)
     if nd == 2:     # (ops/pyops.py's _coalesce makes most of them two-level loops)
         s0, s1, a0, a1, b0, b1 = d[7], d[8], d[9], d[10], d[11], d[12]
+        if a1 == 1 and b1 == 1:     # unit inner strides (h + b): the inner loop vectorizes
+            for i in range(s0):
+                xo, yo, zo = i * a0, i * b0, i * s1
+                for j in range(s1):
+                    z[zo + j] = x[xo + j] + al * y[yo + j]
+            return
         for i in range(s0):
             for j in range(s1):
                 z[i * s1 + j] = x[i * a0 + j * a1] + al * y[i * b0 + j * b1]
@@ -1816,6 +1840,12 @@ def _natb_bcast_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # 
         ps = pd + 56 + 8 * nd * (w + 1)
         if nd == 2:
             s0, s1, a0, a1 = d[7], d[8], i64p(ps)[0], i64p(ps)[1]
+            if a1 == 1:             # the same sums in the same order, vectorized along j
+                for i in range(s0):
+                    xo, go = i * a0, i * s1
+                    for j in range(s1):
+                        X[xo + j] += f * G[go + j]
+                continue
             for i in range(s0):
                 for j in range(s1):
                     X[i * a0 + j * a1] += f * G[i * s1 + j]
@@ -2474,6 +2504,12 @@ def _natf_bcast_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
     z = f64p(o)
     if nd == 2:     # (ops/pyops.py's _coalesce makes most of them two-level loops)
         s0, s1, a0, a1, b0, b1 = d[7], d[8], d[9], d[10], d[11], d[12]
+        if a1 == 1 and b1 == 1:     # unit inner strides (h + b): the inner loop vectorizes
+            for i in range(s0):
+                xo, yo, zo = i * a0, i * b0, i * s1
+                for j in range(s1):
+                    z[zo + j] = x[xo + j] + al * y[yo + j]
+            return
         for i in range(s0):
             for j in range(s1):
                 z[i * s1 + j] = x[i * a0 + j * a1] + al * y[i * b0 + j * b1]
@@ -2502,6 +2538,12 @@ def _natb_bcast_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # 
         ps = pd + 56 + 8 * nd * (w + 1)
         if nd == 2:
             s0, s1, a0, a1 = d[7], d[8], i64p(ps)[0], i64p(ps)[1]
+            if a1 == 1:             # the same sums in the same order, vectorized along j
+                for i in range(s0):
+                    xo, go = i * a0, i * s1
+                    for j in range(s1):
+                        X[xo + j] += f * G[go + j]
+                continue
             for i in range(s0):
                 for j in range(s1):
                     X[i * a0 + j * a1] += f * G[i * s1 + j]
