@@ -157,6 +157,29 @@ def test_retain_graph_allows_second_backward_then_third_raises():
     assert_close(x.grad.tolist(), 2 * one)
 
 
+@pytest.mark.parametrize("steps", [1, 12])
+def test_second_backward_through_escape_records_raises(steps):
+    """Escape records (the products of x @ W.T, here the only records that save anything) free
+    what they saved, in a small graph and in one of more than 16 records (the backward marks
+    those rows in bulk, tape.py's _free_saved): a second backward through them is PyTorch's
+    error, and leaves the gradients alone. (The escape records' closures also refuse a second
+    run themselves: with the rows left unmarked the error still comes, from them.)"""
+    rng = np.random.default_rng(3)
+    w = tg.tensor(rng.standard_normal((4, 4)), requires_grad=True)
+    h = tg.tensor(rng.standard_normal((2, 4)))
+    for _ in range(steps):
+        h = h @ w.T
+    loss = h.sum()
+    loss.backward(retain_graph=True)
+    g = w.grad.numpy().copy()
+    loss.backward()
+    np.testing.assert_allclose(w.grad.numpy(), 2 * g, rtol=1e-12)
+    with pytest.raises(RuntimeError) as ei:
+        loss.backward()
+    assert str(ei.value) == SECOND_TIME
+    np.testing.assert_allclose(w.grad.numpy(), 2 * g, rtol=1e-12)
+
+
 def test_retain_graph_twice_then_free_vs_torch():
     torch = real_torch()
     out = []
