@@ -309,6 +309,24 @@ def _cpu_model():
     return platform.processor() or None
 
 
+def _cpu_llvm():
+    """LLVM's name for this CPU (what Numba compiles for). The VMs all say "AMD EPYC" in
+    /proc/cpuinfo, but a znver4 runs a 512-bit FMA in two halves (session 30 measured 116 GFLOP/s
+    float32 peak on one) where a znver5 has full-width units, so the small products of W2 and W4
+    (and their captured steps) are not comparable between VMs without it."""
+    try:
+        from llvmlite import binding
+        return binding.get_host_cpu_name()
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+
+
+def _fma_peak():
+    from .peak import fma_peak_gflops
+    peak = fma_peak_gflops()
+    return None if peak is None else round(peak, 1)
+
+
 def _git_revision():
     here = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -329,6 +347,8 @@ def machine_info():
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_model": _cpu_model(),
+        "cpu_llvm": _cpu_llvm(),
+        "fma_peak_gflops_f32": _fma_peak(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": sys.version.split()[0],
