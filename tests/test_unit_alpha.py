@@ -62,13 +62,15 @@ def test_broadcast_rows_bits(sign, rows, cols):
     np.testing.assert_array_equal(gb, np.cumsum(g, axis=0, dtype=np.float32)[-1])
 
 
-def test_broadcast_strided_rows_keep_the_general_loop():
-    """A transposed operand (inner stride not 1) goes through the general loop: same values."""
-    hn, bn, wn = _data(8, 6), _data(6, 1), _data(8, 6, scale=1e-3)
-    out, gh, gb = _run(lambda h, b: h + b.T.T.T.T.T.T.reshape(6, 1).T, hn, bn, wn)
-    np.testing.assert_array_equal(out, hn + bn.T)
+def test_broadcast_columns_keep_the_general_loop():
+    """h (8 x 6) + c (8 x 1): c's inner stride is 0, so its forward and its gradient take the
+    general loop (h's gradient the unit-stride one): the same bits, c's gradient summed along
+    each row in order."""
+    hn, cn, wn = _data(8, 6), _data(8, 1), _data(8, 6, scale=1e-3)
+    out, gh, gc = _run(lambda h, c: h + c, hn, cn, wn)
+    np.testing.assert_array_equal(out, hn + cn)
     np.testing.assert_array_equal(gh, wn)
-    np.testing.assert_array_equal(gb, np.cumsum(wn, axis=0, dtype=np.float32)[-1].reshape(6, 1))
+    np.testing.assert_array_equal(gc, np.cumsum(wn, axis=1, dtype=np.float32)[:, -1:])
 
 
 def test_against_torch():
