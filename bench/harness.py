@@ -13,6 +13,7 @@ timed), ``ERROR`` (raised) or ``skipped``. ``Context.fail`` collects the
 failures of tapegrad so that ``--smoke`` can exit 1.
 """
 import datetime as _dt
+import functools
 import gc
 import json
 import math
@@ -321,7 +322,9 @@ def _cpu_llvm():
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def _fma_peak():
+    """Measured once a run (results_payload is written after every workload)."""
     from .peak import fma_peak_gflops
     peak = fma_peak_gflops()
     return None if peak is None else round(peak, 1)
