@@ -22,6 +22,11 @@ FLUSH_BOUND = 1 << 15
 #: matrix products of at most this many multiply-adds (m*n*k) whose B has contiguous rows run
 #: in kernels/smallgemm.py (no packing), larger ones in BLAS
 SMALL_GEMM_MAX = 1 << 18
+#: ... and products up to this many run there too, their rows split over the threads (Note
+#: [parallel gemm] in kernels/smallgemm.py); larger ones in BLAS
+PAR_GEMM_MAX = 1 << 26
+#: ... when k is at most this (k = 4096 ran at 4 GFLOP/s there, against BLAS's 120)
+PAR_GEMM_K = 2048
 #: bytes of one vector in kernels/smallgemm.py's micro-kernel: 0 picks 64 where the CPU has AVX-512,
 #: else 32; TAPEGRAD_VECTOR_BYTES=32 forces the narrow one (the results are the same bits either way)
 VECTOR_BYTES = int(os.environ.get("TAPEGRAD_VECTOR_BYTES", "0") or 0)
@@ -81,11 +86,19 @@ CACHE_LOCK = os.environ.get("TAPEGRAD_CACHE_LOCK", "1") not in ("", "0")
 if CACHE_LOCK:
     from ._cachelock import install as _install_cache_lock
     _install_cache_lock(_cache_dir())
-#: threading layer of the parallel tile loops. GNU OpenMP's idle workers spin after each
-#: parallel region and steal both cores from OpenBLAS: numpy matmuls inside a training step
-#: ran 6-9x slower (0.46 ms -> 2.9-4.1 ms measured); workqueue threads sleep.
-THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
+#: threading layer of the parallel tile loops and products (Note [parallel gemm] in
+#: kernels/smallgemm.py): OpenMP where Numba can load it, else workqueue. Workqueue's threads
+#: sleep between launches, and a launch cost 63 us on a 2-core VM against 1.5 us for OpenMP,
+#: whose idle workers spin a while instead (until session 31 workqueue was the default: the
+#: products were OpenBLAS's then, and its threads and OpenMP's spinning ones fought over both
+#: cores: numpy matmuls inside a training step ran 6-9x slower). The threads start here, at
+#: import, because cached code that calls a parallel loop links to the layer's symbols
+#: (``allocate_sched``: loaded from the cache before that, LLVM aborts the process).
+THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "default")
 numba.config.THREADING_LAYER = THREADING_LAYER
+numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+from numba.np.ufunc.parallel import _launch_threads  # noqa: E402
+_launch_threads()
 
 #: keyword arguments for every CPU @njit in the package. error_model="numpy": IEEE results
 #: (inf/nan) instead of Python's ZeroDivisionError checks, which also means less code to compile.
@@ -100,3 +113,5 @@ NJIT_INNER = dict(NJIT, no_cpython_wrapper=True)
 CFUNC = dict(cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 #: keyword arguments for the tile loops run with prange
 NJIT_PARALLEL = dict(NJIT, parallel=True)
+#: ... and for those only called from other jitted functions (kernels/smallgemm.py's par_gemm)
+NJIT_PARALLEL_INNER = dict(NJIT_PARALLEL, no_cpython_wrapper=True)

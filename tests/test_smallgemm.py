@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import tapegrad as tg
 from tapegrad import config
+from tapegrad.kernels import opfn
 from tapegrad.kernels import replay_cpu as R
 from tapegrad.kernels.blas import address
 from tapegrad.kernels.smallgemm import small_gemm_bt_f32, small_gemm_bt_f64, small_gemm_f32
@@ -35,9 +36,10 @@ def _run(a, b, out):
     fn = address("f" if isz == 4 else "d")
     m, k = a.shape
     n = b.shape[1]
-    (R.matmul_f32 if isz == 4 else R.matmul_f64)(fn, m, n, k, a.ctypes.data, a.strides[0] // isz, a.strides[1] // isz,
-                                                 b.ctypes.data, b.strides[0] // isz, b.strides[1] // isz,
-                                                 out.ctypes.data)
+    opfn.ensure_products(0 if isz == 4 else 1, True)
+    (R.matmul_f32 if isz == 4 else R.matmul_f64)(opfn.FT.ctypes.data, fn, m, n, k, a.ctypes.data, a.strides[0] // isz,
+                                                 a.strides[1] // isz, b.ctypes.data, b.strides[0] // isz,
+                                                 b.strides[1] // isz, out.ctypes.data)
     return out
 
 

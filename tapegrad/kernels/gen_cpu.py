@@ -29,12 +29,14 @@ from numba import carray, njit
 
 from numba import prange
 
-from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, SMALL_GEMM_MAX, TILE
+from ..config import (NJIT, NJIT_INNER, NJIT_PARALLEL, PAR_GEMM_K, PAR_GEMM_MAX, PARALLEL_THRESHOLD, SMALL_GEMM_MAX,
+                      TILE)
 from ..ops.table import NCOL
 from . import elementwise as E
 from . import vmath as V
 from .blas import gemm
-from .smallgemm import small_gemm_bt_f32, small_gemm_bt_f64, small_gemm_f32, small_gemm_f64
+from .smallgemm import (par_gemm_bt_f32, par_gemm_bt_f64, par_gemm_f32, par_gemm_f64, small_gemm_bt_f32,
+                        small_gemm_bt_f64, small_gemm_f32, small_gemm_f64)
 from .ptr import addr_of, call12, call_bwd, call_fwd, f32p, f64p, i8p, i64p, u8p
 
 '''
@@ -323,10 +325,20 @@ def _gemm_{{suf}}(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # prag
     _rm_gemm_{{suf}}(fn, m, n, k, {{ty}}(1.0), pa, as0, as1, pb, bs0, bs1, {{ty}}(acc), pc)
 
 
+def _pgemm_{{suf}}(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
+    """_gemm_{{suf}} for the products _gemm_at gives it (kernels/smallgemm.py's Note [parallel
+    gemm]): the small products' kernel, C's rows split over the threads; fn, uc: unused."""
+    if not _transposed_b(m, n, k, bs1):
+        par_gemm_{{suf}}(m, n, k, pa, as0, as1, pb, bs0, pc, acc == 1)
+    else:
+        par_gemm_bt_{{suf}}(m, n, k, pa, as0, as1, pb, bs1, pc, acc == 1)
+
+
 @njit(**NJIT)
-def matmul_{{suf}}(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc):  # pragma: no cover
-    """C (m x n, contiguous) = A B as the replay computes it, for Python (ops/pyops.py's _gemm)."""
-    _rm_gemm_{{suf}}(fn, m, n, k, {{ty}}(1.0), pa, as0, as1, pb, bs0, bs1, {{ty}}(0.0), pc)
+def matmul_{{suf}}(PF, fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc):  # pragma: no cover
+    """C (m x n, contiguous) = A B as the replay computes it, for Python (ops/pyops.py's _gemm):
+    through the op function the replay would call (PF: the table's address)."""
+    call12(_gemm_at(PF, m, n, k, np.int64({{dt}})), fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, 0, 0.0)
 
 
 @njit(**NJIT_INNER)
@@ -612,7 +624,7 @@ def _natf_prod_{{suf}}(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
     d = i64p(pd)
     kind = d[0]
     m, k, n = d[2], d[3], d[4]
-    g = i64p(PF)[GEMM + {{dt}}]
+    g = _gemm_at(PF, m, n, k, np.int64({{dt}}))
     if u2 != 0:         # B's transpose, packed by forward_{{suf}} (the product small_gemm_bt computes)
         call12(g, d[1], m, n, k, d[5], d[6], d[7], u2, n, 1, o, 0, 0.0)
     elif kind == 1:     # x @ W.T: W.T has W's strides swapped
@@ -634,14 +646,14 @@ def _natb_prod_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc): 
     p = i64p(pp)
     kind = d[0]
     m, k, n = d[2], d[3], d[4]
-    g = i64p(PF)[GEMM + {{dt}}]
+    dt = np.int64({{dt}})
     if kind == 1:
         gx = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gx != 0:     # dx (m x k) += G (m x n) W (n x k)
-            call12(g, d[1], m, k, n, gq, n, 1, d[8], d[9], d[10], gx, 1, 0.0)
+            call12(_gemm_at(PF, m, k, n, dt), d[1], m, k, n, gq, n, 1, d[8], d[9], d[10], gx, 1, 0.0)
         gw = _grad_addr(p[2], PG, PLA, PLS, PLN, base)
         if gw != 0:     # dW (n x k) += G.T (n x m) x (m x k)
-            call12(g, d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
+            call12(_gemm_at(PF, n, k, m, dt), d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
         gb = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dbias += G summed over rows
             B = {{ptr}}(gb)
@@ -654,16 +666,16 @@ def _natb_prod_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc): 
     else:
         ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
-            call12(g, d[1], m, k, n, gq, n, 1, d[8], d[10], d[9], ga, 1, 0.0)
+            call12(_gemm_at(PF, m, k, n, dt), d[1], m, k, n, gq, n, 1, d[8], d[10], d[9], ga, 1, 0.0)
         gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
-            call12(g, d[1], k, n, m, d[5], d[7], d[6], gq, n, 1, gb, 1, 0.0)
+            call12(_gemm_at(PF, k, n, m, dt), d[1], k, n, m, d[5], d[7], d[6], gq, n, 1, gb, 1, 0.0)
         elif p[1] >= base:
             # B = W.T, a view this pass folded (Note [folded transposes] in kernels/lifetime.py):
             # dW (n x k) += G.T (n x m) A (m x k), into W's gradient, as addmm's weight
             gw = _grad_addr(i64p(PE)[i64p(PT)[(p[1] - base) * NCOL + 3] + 1], PG, PLA, PLS, PLN, base)
             if gw != 0:
-                call12(g, d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
+                call12(_gemm_at(PF, n, k, m, dt), d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
 
 
 @njit(**NJIT_INNER)
@@ -895,7 +907,8 @@ def source():
     body = HEADER
     body += f"UNARY = ({u_lo}, {u_hi})\nBINARY = ({b_lo}, {b_hi})\nSUM, MEAN = {red['sum']}, {red['mean']}\n"
     body += "#: the products' op functions are FT[GEMM + dtype] (op 0's slots: op 0 has no op function;\n" \
-            "#: Note [gemm by address])\nGEMM = 0\n" \
+            "#: Note [gemm by address]), those split over the threads FT[PGEMM + dtype] (op 0's too: Note\n" \
+            "#: [parallel gemm] in kernels/smallgemm.py)\nGEMM, PGEMM = 0, 2\n" \
             "#: a native record of kind K runs FT[NAT + 4 K + 2 dtype + direction] (Note [native kinds])\n" \
             "NAT = 128\n\n\n"
     body += _op_functions(un + bi)
@@ -926,6 +939,16 @@ def _zero(addr, nbytes):  # pragma: no cover
         i64p(addr)[j] = 0
     for j in range(w << 3, nbytes):
         u8p(addr)[j] = 0
+
+
+@njit(**NJIT_INNER)
+def _gemm_at(PF, m, n, k, dt):  # pragma: no cover
+    """The address of the op function that computes an m x n x k product of dtype dt: _pgemm's
+    (FT[PGEMM + dt]) for those Note [parallel gemm] in kernels/smallgemm.py gives the threads,
+    else _gemm's. ops/pyops.py's _gemm_slots has both in the table before a record can need them."""
+    if SMALL_GEMM_MAX < m * n * k <= PAR_GEMM_MAX and k <= PAR_GEMM_K:
+        return i64p(PF)[PGEMM + dt]
+    return i64p(PF)[GEMM + dt]
 
 
 @njit(**NJIT_INNER)

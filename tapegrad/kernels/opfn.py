@@ -28,7 +28,7 @@ _SIG12 = types.void(*([types.int64] * 12 + [types.float64]))
 _NATIVE = ("_nat_fwd_f32", "_nat_bwd_f32", "_nat_fwd_f64", "_nat_bwd_f64")
 #: a native record's kind -> the name of its functions (Note [native kinds] in kernels/gen_cpu.py)
 _KINDS = {1: "prod", 2: "prod", 3: "mse", 4: "view", 5: "bcast", 6: "logsm", 7: "nll"}
-#: READY[2 * kind + dtype]: that kind's functions are in the table
+#: READY[2 * kind + dtype]: that kind's functions are in the table (kind 0: the parallel products)
 READY = bytearray(16)
 _BY_NAME = {}       # cfunc by function name (kinds 1 and 2 share theirs)
 
@@ -52,12 +52,26 @@ def ensure_native(kind, dt):
     READY[2 * kind + dt] = 1
 
 
+def ensure_products(dt, par):
+    """The products' op functions for dtype dt, and with `par` the parallel ones (FT[PGEMM + dt]:
+    Note [parallel gemm] in kernels/smallgemm.py), which a product above config.SMALL_GEMM_MAX
+    may call; READY[dt] (kind 0) says they were asked for, so that ensure(1, dt) compiles them
+    again into a table that was emptied. Compiled only when asked: a cold first step of small
+    products does not compile the parallel loops (5.0 s against 8.1 s, session 31)."""
+    _compile(R.GEMM + dt, ("_gemm_f32", "_gemm_f64")[dt], _SIG12)
+    if par:
+        _compile(R.PGEMM + dt, ("_pgemm_f32", "_pgemm_f64")[dt], _SIG12)
+        READY[dt] = 1
+
+
 def ensure(op, dt):
     """Compile (or load) both functions of op for dtype dt (0 float32, 1 float64); op 1 (the
     escape records' opcode): the native records' (ops/pyops.py's Note [native records]), and
     the products they call (FT[GEMM + dt]: Note [gemm by address] in kernels/gen_cpu.py)."""
     if op == 1:
         _compile(R.GEMM + dt, ("_gemm_f32", "_gemm_f64")[dt], _SIG12)
+        if READY[dt]:
+            _compile(R.PGEMM + dt, ("_pgemm_f32", "_pgemm_f64")[dt], _SIG12)
         for kind in _KINDS:     # the kinds already made (their slots are empty if the table was)
             if READY[2 * kind + dt]:
                 ensure_native(kind, dt)

@@ -9,20 +9,23 @@ from numba import carray, njit
 
 from numba import prange
 
-from ..config import NJIT, NJIT_INNER, NJIT_PARALLEL, PARALLEL_THRESHOLD, SMALL_GEMM_MAX, TILE
+from ..config import (NJIT, NJIT_INNER, NJIT_PARALLEL, PAR_GEMM_K, PAR_GEMM_MAX, PARALLEL_THRESHOLD, SMALL_GEMM_MAX,
+                      TILE)
 from ..ops.table import NCOL
 from . import elementwise as E
 from . import vmath as V
 from .blas import gemm
-from .smallgemm import small_gemm_bt_f32, small_gemm_bt_f64, small_gemm_f32, small_gemm_f64
+from .smallgemm import (par_gemm_bt_f32, par_gemm_bt_f64, par_gemm_f32, par_gemm_f64, small_gemm_bt_f32,
+                        small_gemm_bt_f64, small_gemm_f32, small_gemm_f64)
 from .ptr import addr_of, call12, call_bwd, call_fwd, f32p, f64p, i8p, i64p, u8p
 
 UNARY = (2, 23)
 BINARY = (24, 30)
 SUM, MEAN = 31, 32
 #: the products' op functions are FT[GEMM + dtype] (op 0's slots: op 0 has no op function;
-#: Note [gemm by address])
-GEMM = 0
+#: Note [gemm by address]), those split over the threads FT[PGEMM + dtype] (op 0's too: Note
+#: [parallel gemm] in kernels/smallgemm.py)
+GEMM, PGEMM = 0, 2
 #: a native record of kind K runs FT[NAT + 4 K + 2 dtype + direction] (Note [native kinds])
 NAT = 128
 
@@ -1305,6 +1308,16 @@ def _zero(addr, nbytes):  # pragma: no cover
 
 
 @njit(**NJIT_INNER)
+def _gemm_at(PF, m, n, k, dt):  # pragma: no cover
+    """The address of the op function that computes an m x n x k product of dtype dt: _pgemm's
+    (FT[PGEMM + dt]) for those Note [parallel gemm] in kernels/smallgemm.py gives the threads,
+    else _gemm's. ops/pyops.py's _gemm_slots has both in the table before a record can need them."""
+    if SMALL_GEMM_MAX < m * n * k <= PAR_GEMM_MAX and k <= PAR_GEMM_K:
+        return i64p(PF)[PGEMM + dt]
+    return i64p(PF)[GEMM + dt]
+
+
+@njit(**NJIT_INNER)
 def _transposed_b(m, n, k, bs1):  # pragma: no cover
     """Whether a small product reads B (k x n) through small_gemm_bt: B's columns contiguous."""
     return bs1 != 1 and n != 1
@@ -1661,10 +1674,20 @@ def _gemm_f32(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: 
     _rm_gemm_f32(fn, m, n, k, np.float32(1.0), pa, as0, as1, pb, bs0, bs1, np.float32(acc), pc)
 
 
+def _pgemm_f32(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
+    """_gemm_f32 for the products _gemm_at gives it (kernels/smallgemm.py's Note [parallel
+    gemm]): the small products' kernel, C's rows split over the threads; fn, uc: unused."""
+    if not _transposed_b(m, n, k, bs1):
+        par_gemm_f32(m, n, k, pa, as0, as1, pb, bs0, pc, acc == 1)
+    else:
+        par_gemm_bt_f32(m, n, k, pa, as0, as1, pb, bs1, pc, acc == 1)
+
+
 @njit(**NJIT)
-def matmul_f32(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc):  # pragma: no cover
-    """C (m x n, contiguous) = A B as the replay computes it, for Python (ops/pyops.py's _gemm)."""
-    _rm_gemm_f32(fn, m, n, k, np.float32(1.0), pa, as0, as1, pb, bs0, bs1, np.float32(0.0), pc)
+def matmul_f32(PF, fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc):  # pragma: no cover
+    """C (m x n, contiguous) = A B as the replay computes it, for Python (ops/pyops.py's _gemm):
+    through the op function the replay would call (PF: the table's address)."""
+    call12(_gemm_at(PF, m, n, k, np.int64(0)), fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, 0, 0.0)
 
 
 @njit(**NJIT_INNER)
@@ -1950,7 +1973,7 @@ def _natf_prod_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
     d = i64p(pd)
     kind = d[0]
     m, k, n = d[2], d[3], d[4]
-    g = i64p(PF)[GEMM + 0]
+    g = _gemm_at(PF, m, n, k, np.int64(0))
     if u2 != 0:         # B's transpose, packed by forward_f32 (the product small_gemm_bt computes)
         call12(g, d[1], m, n, k, d[5], d[6], d[7], u2, n, 1, o, 0, 0.0)
     elif kind == 1:     # x @ W.T: W.T has W's strides swapped
@@ -1972,14 +1995,14 @@ def _natb_prod_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # p
     p = i64p(pp)
     kind = d[0]
     m, k, n = d[2], d[3], d[4]
-    g = i64p(PF)[GEMM + 0]
+    dt = np.int64(0)
     if kind == 1:
         gx = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gx != 0:     # dx (m x k) += G (m x n) W (n x k)
-            call12(g, d[1], m, k, n, gq, n, 1, d[8], d[9], d[10], gx, 1, 0.0)
+            call12(_gemm_at(PF, m, k, n, dt), d[1], m, k, n, gq, n, 1, d[8], d[9], d[10], gx, 1, 0.0)
         gw = _grad_addr(p[2], PG, PLA, PLS, PLN, base)
         if gw != 0:     # dW (n x k) += G.T (n x m) x (m x k)
-            call12(g, d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
+            call12(_gemm_at(PF, n, k, m, dt), d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
         gb = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dbias += G summed over rows
             B = f32p(gb)
@@ -1992,16 +2015,16 @@ def _natb_prod_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # p
     else:
         ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
-            call12(g, d[1], m, k, n, gq, n, 1, d[8], d[10], d[9], ga, 1, 0.0)
+            call12(_gemm_at(PF, m, k, n, dt), d[1], m, k, n, gq, n, 1, d[8], d[10], d[9], ga, 1, 0.0)
         gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
-            call12(g, d[1], k, n, m, d[5], d[7], d[6], gq, n, 1, gb, 1, 0.0)
+            call12(_gemm_at(PF, k, n, m, dt), d[1], k, n, m, d[5], d[7], d[6], gq, n, 1, gb, 1, 0.0)
         elif p[1] >= base:
             # B = W.T, a view this pass folded (Note [folded transposes] in kernels/lifetime.py):
             # dW (n x k) += G.T (n x m) A (m x k), into W's gradient, as addmm's weight
             gw = _grad_addr(i64p(PE)[i64p(PT)[(p[1] - base) * NCOL + 3] + 1], PG, PLA, PLS, PLN, base)
             if gw != 0:
-                call12(g, d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
+                call12(_gemm_at(PF, n, k, m, dt), d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
 
 
 @njit(**NJIT_INNER)
@@ -2359,10 +2382,20 @@ def _gemm_f64(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: 
     _rm_gemm_f64(fn, m, n, k, np.float64(1.0), pa, as0, as1, pb, bs0, bs1, np.float64(acc), pc)
 
 
+def _pgemm_f64(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
+    """_gemm_f64 for the products _gemm_at gives it (kernels/smallgemm.py's Note [parallel
+    gemm]): the small products' kernel, C's rows split over the threads; fn, uc: unused."""
+    if not _transposed_b(m, n, k, bs1):
+        par_gemm_f64(m, n, k, pa, as0, as1, pb, bs0, pc, acc == 1)
+    else:
+        par_gemm_bt_f64(m, n, k, pa, as0, as1, pb, bs1, pc, acc == 1)
+
+
 @njit(**NJIT)
-def matmul_f64(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc):  # pragma: no cover
-    """C (m x n, contiguous) = A B as the replay computes it, for Python (ops/pyops.py's _gemm)."""
-    _rm_gemm_f64(fn, m, n, k, np.float64(1.0), pa, as0, as1, pb, bs0, bs1, np.float64(0.0), pc)
+def matmul_f64(PF, fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc):  # pragma: no cover
+    """C (m x n, contiguous) = A B as the replay computes it, for Python (ops/pyops.py's _gemm):
+    through the op function the replay would call (PF: the table's address)."""
+    call12(_gemm_at(PF, m, n, k, np.int64(1)), fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, 0, 0.0)
 
 
 @njit(**NJIT_INNER)
@@ -2648,7 +2681,7 @@ def _natf_prod_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
     d = i64p(pd)
     kind = d[0]
     m, k, n = d[2], d[3], d[4]
-    g = i64p(PF)[GEMM + 1]
+    g = _gemm_at(PF, m, n, k, np.int64(1))
     if u2 != 0:         # B's transpose, packed by forward_f64 (the product small_gemm_bt computes)
         call12(g, d[1], m, n, k, d[5], d[6], d[7], u2, n, 1, o, 0, 0.0)
     elif kind == 1:     # x @ W.T: W.T has W's strides swapped
@@ -2670,14 +2703,14 @@ def _natb_prod_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # p
     p = i64p(pp)
     kind = d[0]
     m, k, n = d[2], d[3], d[4]
-    g = i64p(PF)[GEMM + 1]
+    dt = np.int64(1)
     if kind == 1:
         gx = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gx != 0:     # dx (m x k) += G (m x n) W (n x k)
-            call12(g, d[1], m, k, n, gq, n, 1, d[8], d[9], d[10], gx, 1, 0.0)
+            call12(_gemm_at(PF, m, k, n, dt), d[1], m, k, n, gq, n, 1, d[8], d[9], d[10], gx, 1, 0.0)
         gw = _grad_addr(p[2], PG, PLA, PLS, PLN, base)
         if gw != 0:     # dW (n x k) += G.T (n x m) x (m x k)
-            call12(g, d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
+            call12(_gemm_at(PF, n, k, m, dt), d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
         gb = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dbias += G summed over rows
             B = f64p(gb)
@@ -2690,16 +2723,16 @@ def _natb_prod_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # p
     else:
         ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
-            call12(g, d[1], m, k, n, gq, n, 1, d[8], d[10], d[9], ga, 1, 0.0)
+            call12(_gemm_at(PF, m, k, n, dt), d[1], m, k, n, gq, n, 1, d[8], d[10], d[9], ga, 1, 0.0)
         gb = _grad_addr(p[1], PG, PLA, PLS, PLN, base)
         if gb != 0:     # dB (k x n) += A.T (k x m) G (m x n)
-            call12(g, d[1], k, n, m, d[5], d[7], d[6], gq, n, 1, gb, 1, 0.0)
+            call12(_gemm_at(PF, k, n, m, dt), d[1], k, n, m, d[5], d[7], d[6], gq, n, 1, gb, 1, 0.0)
         elif p[1] >= base:
             # B = W.T, a view this pass folded (Note [folded transposes] in kernels/lifetime.py):
             # dW (n x k) += G.T (n x m) A (m x k), into W's gradient, as addmm's weight
             gw = _grad_addr(i64p(PE)[i64p(PT)[(p[1] - base) * NCOL + 3] + 1], PG, PLA, PLS, PLN, base)
             if gw != 0:
-                call12(g, d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
+                call12(_gemm_at(PF, n, k, m, dt), d[1], n, k, m, gq, 1, n, d[5], d[6], d[7], gw, 1, 0.0)
 
 
 @njit(**NJIT_INNER)

@@ -34,6 +34,26 @@ Measured against OpenBLAS through the replay's own gemm call (float32, this VM,
 19.9 vs 13.7 us (BLAS ahead from there: SMALL_GEMM_MAX). With 64-byte vectors:
 16x64x64 0.58 us, 64x16x64 0.62 us.
 
+Note [parallel gemm]
+~~~~~~~~~~~~~~~~~~~~
+Products above SMALL_GEMM_MAX, up to PAR_GEMM_MAX multiply-adds with k <= PAR_GEMM_K (config),
+run these micro-kernels too, C's rows split over the threads: ``par_gemm`` gives each thread a
+block of rows (whole multiples of 8), ``par_gemm_bt`` splits its transposed copies the same way.
+An element is still one fma chain over its row of A and column of B, so the bits are
+small_gemm's whatever the number of threads (tests/test_smallgemm.py checks it). Measured on a
+2-core znver4 VM (session 31, min of 7, /tmp scripts calling R.matmul_f32): one thread already
+runs at the FMA peak, 128x784x256 in 442 us (116 GFLOP/s) against OpenBLAS's 506 us on one
+thread; split over two, 234 us (219 GFLOP/s) against OpenBLAS's 304 us on two. W2's eight
+products (batch 128, 784-256-256-10) took 809 us this way, 951 us in NumPy's OpenBLAS and 912
+in torch's. Where it loses, BLAS keeps the product: k = 4096 with B's rows contiguous ran at
+4 GFLOP/s (PAR_GEMM_K), and above PAR_GEMM_MAX the unblocked kernel falls behind (2048x64x2048:
+71 against 137 GFLOP/s). The split needs the OpenMP threading layer (config.THREADING_LAYER):
+a workqueue launch cost 63 us here and the two halves ran slower than one thread (595 us
+against 442); an OpenMP launch costs 1.5 us. The op function is ``_pgemm_*`` (FT[PGEMM], called
+through replay_cpu's ``_gemm_at``), compiled when a record of such a product is made
+(opfn.ensure_products): with the parallel loops compiled into ``_gemm_*``, a cold first W5a
+step, all small products, took 8.1 s instead of 5.0.
+
 Note [no literal arguments]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~
 A jitted function that calls another with a constant argument (``1``, ``False``, a closure's
@@ -46,11 +66,12 @@ products) and 18 s more in literal variants of the functions below (session 28, 
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+import numba
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..config import NJIT_INNER, VECTOR_BYTES
+from ..config import NJIT_INNER, NJIT_PARALLEL_INNER, VECTOR_BYTES
 from .ptr import addr_of
 
 _I64 = ir.IntType(64)
@@ -70,6 +91,9 @@ def _vector_bytes():
 
 
 _VBYTES = _vector_bytes()
+#: the chunks of par_gemm (a constant: numba.get_num_threads() in jitted code is a call through a
+#: ctypes pointer, which Numba cannot cache)
+_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
 def _micro(rows, nvec, is64):
@@ -207,6 +231,12 @@ def _column_block(m8, m4, m1, isz, inline):
 
 
 @njit(**NJIT_INNER)
+def _chunk(total, unit):  # pragma: no cover
+    """Rows a thread takes of `total` split over _THREADS threads: whole multiples of `unit`."""
+    return max(unit, ((total + _THREADS - 1) // _THREADS + unit - 1) // unit * unit)
+
+
+@njit(**NJIT_INNER)
 def _alive(a, b):  # pragma: no cover
     """Nothing; called after the last raw-address use of scratch arrays a and b. Numba releases
     an array after the last statement that names it, and ``pq = addr_of(Q)`` names it before
@@ -252,61 +282,104 @@ def _driver(kernels, transpose, width, isz, ptr, ty):
             _alive(Bp, Cp)
 
     @njit(**NJIT_INNER)
-    def copy_t(src, s0, s1, rows, cols, dst):  # pragma: no cover
-        """dst (cols x rows, contiguous) = the transpose of src (rows x cols, element strides s0,
-        s1): square blocks through ``transpose`` when src's rows are contiguous and the sizes are
-        whole blocks, else element by element."""
-        if s1 == 1 and rows % width == 0 and cols % width == 0:
-            for r0 in range(0, rows, width):
+    def copy_rows(src, s0, s1, r0, r1, cols, dst, ld):  # pragma: no cover
+        """dst[c * ld + r] = src[r, c] for the rows r0 <= r < r1 of src (element strides s0, s1):
+        square blocks through ``transpose`` when src's rows are contiguous and the sizes are whole
+        blocks, else element by element."""
+        if s1 == 1 and r0 % width == 0 and (r1 - r0) % width == 0 and cols % width == 0:
+            for r in range(r0, r1, width):
                 for c0 in range(0, cols, width):
-                    transpose(src + (r0 * s0 + c0) * isz, s0, dst + (c0 * rows + r0) * isz, rows, False)
+                    transpose(src + (r * s0 + c0) * isz, s0, dst + (c0 * ld + r) * isz, ld, False)
             return
         S = ptr(src)
         T = ptr(dst)
-        for r in range(rows):
+        for r in range(r0, r1):
             for c in range(cols):
-                T[c * rows + r] = S[r * s0 + c * s1]
+                T[c * ld + r] = S[r * s0 + c * s1]
+
+    @njit(**NJIT_INNER)
+    def back_rows(pd, m, n, j0, j1, pc, accumulate):  # pragma: no cover
+        """C[:, j0:j1] (m x n, contiguous) = (or +=) the transpose of D's rows j0 <= j < j1 (D: n x m,
+        contiguous), by blocks through ``transpose`` when the sizes are whole blocks."""
+        if m % width == 0 and n % width == 0 and j0 % width == 0 and (j1 - j0) % width == 0:
+            for j in range(j0, j1, width):
+                for i0 in range(0, m, width):
+                    transpose(pd + (j * m + i0) * isz, m, pc + (i0 * n + j) * isz, n, accumulate)
+            return
+        C = ptr(pc)
+        D = ptr(pd)
+        for i in range(m):
+            if accumulate:
+                for j in range(j0, j1):
+                    C[i * n + j] = C[i * n + j] + D[j * m + i]
+            else:
+                for j in range(j0, j1):
+                    C[i * n + j] = D[j * m + i]
 
     @njit(**NJIT_INNER, inline="always")
-    def small_gemm_bt(m, n, k, pa, as0, as1, pb, bs1, pc, accumulate):  # pragma: no cover
-        """small_gemm for B (k x n) with contiguous columns bs1 elements apart (B = W.T). Either B's
-        transpose is copied into rows (k*n moves), or, when that moves less, A's transpose is (none
-        when A's columns are contiguous), and the product is computed as C.T = W A.T and stored
-        transposed (m*k + m*n moves): the same chains of fma (a * b = b * a), so the same bits.
-        Square blocks of one vector's width move through ``transpose`` (registers), the rest
-        element by element."""
-        if m * (k + n) < k * n:
-            Q = np.empty(0 if as0 == 1 else k * m, ty)
-            D = np.empty(n * m, ty)
-            pd = addr_of(D)
-            if as0 == 1:                      # A.T has contiguous rows: read in place
-                pq, lq = pa, as1
-            else:
-                pq, lq = addr_of(Q), m
-                copy_t(pa, as0, as1, m, k, pq)
-            small_gemm(n, m, k, pb, bs1, np.int64(1), pq, lq, pd, np.bool_(False))
-            if m % width == 0 and n % width == 0:
-                for j0 in range(0, n, width):
-                    for i0 in range(0, m, width):
-                        transpose(pd + (j0 * m + i0) * isz, m, pc + (i0 * n + j0) * isz, n, accumulate)
+    def copy_t(src, s0, s1, rows, cols, dst):  # pragma: no cover
+        """dst (cols x rows, contiguous) = the transpose of src (rows x cols, element strides s0, s1)."""
+        copy_rows(src, s0, s1, np.int64(0), rows, cols, dst, rows)
+
+    @njit(**NJIT_INNER, inline="always")
+    def back(pd, m, n, pc, accumulate):  # pragma: no cover
+        back_rows(pd, m, n, np.int64(0), n, pc, accumulate)
+
+    @njit(**NJIT_PARALLEL_INNER)
+    def par_copy_t(src, s0, s1, rows, cols, dst):  # pragma: no cover
+        """copy_t, src's rows split over the threads."""
+        step = _chunk(rows, np.int64(width))
+        for t in prange((rows + step - 1) // step):
+            copy_rows(src, s0, s1, t * step, min(rows, (t + 1) * step), cols, dst, rows)
+
+    @njit(**NJIT_PARALLEL_INNER)
+    def par_back(pd, m, n, pc, accumulate):  # pragma: no cover
+        """back, D's rows (C's columns) split over the threads."""
+        step = _chunk(n, np.int64(width))
+        for t in prange((n + step - 1) // step):
+            back_rows(pd, m, n, t * step, min(n, (t + 1) * step), pc, accumulate)
+
+    def bt(gemm, copy, untranspose, inline):
+        @njit(**NJIT_INNER, inline=inline)
+        def small_gemm_bt(m, n, k, pa, as0, as1, pb, bs1, pc, accumulate):  # pragma: no cover
+            """small_gemm for B (k x n) with contiguous columns bs1 elements apart (B = W.T). Either B's
+            transpose is copied into rows (k*n moves), or, when that moves less, A's transpose is (none
+            when A's columns are contiguous), and the product is computed as C.T = W A.T and stored
+            transposed (m*k + m*n moves): the same chains of fma (a * b = b * a), so the same bits.
+            Square blocks of one vector's width move through ``transpose`` (registers), the rest
+            element by element. gemm, copy, untranspose: the serial functions above, or the parallel
+            ones (Note [parallel gemm]: the same bits)."""
+            if m * (k + n) < k * n:
+                Q = np.empty(0 if as0 == 1 else k * m, ty)
+                D = np.empty(n * m, ty)
+                pd = addr_of(D)
+                if as0 == 1:                      # A.T has contiguous rows: read in place
+                    pq, lq = pa, as1
+                else:
+                    pq, lq = addr_of(Q), m
+                    copy(pa, as0, as1, m, k, pq)
+                gemm(n, m, k, pb, bs1, np.int64(1), pq, lq, pd, np.bool_(False))
+                untranspose(pd, m, n, pc, accumulate)
                 _alive(Q, D)
                 return
-            C = ptr(pc)
-            for i in range(m):
-                if accumulate:
-                    for j in range(n):
-                        C[i * n + j] = C[i * n + j] + D[j * m + i]
-                else:
-                    for j in range(n):
-                        C[i * n + j] = D[j * m + i]
-            _alive(Q, D)
-            return
-        P = np.empty(k * n, ty)
-        pp = addr_of(P)
-        copy_t(pb, bs1, np.int64(1), n, k, pp)        # B's transpose is W (n x k, rows bs1 apart)
-        small_gemm(m, n, k, pa, as0, as1, pp, n, pc, accumulate)
-        _alive(P, P)
-    return small_gemm, small_gemm_bt
+            P = np.empty(k * n, ty)
+            pp = addr_of(P)
+            copy(pb, bs1, np.int64(1), n, k, pp)        # B's transpose is W (n x k, rows bs1 apart)
+            gemm(m, n, k, pa, as0, as1, pp, n, pc, accumulate)
+            _alive(P, P)
+        return small_gemm_bt
+
+    @njit(**NJIT_PARALLEL_INNER)
+    def par_gemm(m, n, k, pa, as0, as1, pb, bs0, pc, accumulate):  # pragma: no cover
+        """small_gemm with C's rows split over the threads (blocks of 8): Note [parallel gemm]."""
+        step = _chunk(m, np.int64(8))
+        for t in prange((m + step - 1) // step):
+            i0 = t * step
+            small_gemm(min(m, i0 + step) - i0, n, k, pa + i0 * as0 * isz, as0, as1, pb, bs0, pc + i0 * n * isz,
+                       accumulate)
+
+    return (small_gemm, bt(small_gemm, copy_t, back, "always"), par_gemm,
+            bt(par_gemm, par_copy_t, par_back, "never"))
 
 
 def _make():
@@ -315,4 +388,5 @@ def _make():
             _driver(_K64, _T64, _VBYTES // 8, 8, f64p, np.float64))
 
 
-(small_gemm_f32, small_gemm_bt_f32), (small_gemm_f64, small_gemm_bt_f64) = _make()
+((small_gemm_f32, small_gemm_bt_f32, par_gemm_f32, par_gemm_bt_f32),
+ (small_gemm_f64, small_gemm_bt_f64, par_gemm_f64, par_gemm_bt_f64)) = _make()

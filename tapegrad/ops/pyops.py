@@ -1146,7 +1146,7 @@ def _gemm(a, b, out=None):
     if a.ndim != 2 or b.ndim != 2 or b.dtype != dt or dt.kind != "f" or dt.itemsize not in (4, 8):
         return np.matmul(a, b, out=out)
     (m, k), n = a.shape, b.shape[1]
-    if not 0 < m * n * k <= config.SMALL_GEMM_MAX:
+    if not 0 < m * n * k <= config.PAR_GEMM_MAX:    # (R.matmul_* leaves larger k to BLAS itself)
         return np.matmul(a, b, out=out)
     isz = dt.itemsize
     as0, as1 = a.strides[0] // isz, a.strides[1] // isz
@@ -1155,9 +1155,12 @@ def _gemm(a, b, out=None):
             any(st % isz for st in a.strides + b.strides):
         return np.matmul(a, b, out=out)
     o = out if out is not None and out.flags.c_contiguous and out.dtype == dt else np.empty((m, n), dt)
-    (_replay.matmul_f32 if isz == 4 else _replay.matmul_f64)(_gemm_fn(D.from_numpy_dtype(dt)), m, n, k,
-                                                              a.ctypes.data, as0, as1, b.ctypes.data, bs0, bs1,
-                                                              o.ctypes.data)
+    code = 0 if isz == 4 else 1
+    if not _opfn.FT[_replay.GEMM + code] or (m * n * k > config.SMALL_GEMM_MAX and not _opfn.READY[code]):
+        _opfn.ensure_products(code, m * n * k > config.SMALL_GEMM_MAX)
+    mm = _replay.matmul_f32 if isz == 4 else _replay.matmul_f64
+    mm(_opfn.FT.ctypes.data, _gemm_fn(D.from_numpy_dtype(dt)), m, n, k, a.ctypes.data, as0, as1, b.ctypes.data,
+       bs0, bs1, o.ctypes.data)
     if out is not None and o is not out:
         out[...] = o
         return out
@@ -1179,9 +1182,11 @@ def _mm_native(out, a, b, bias=None):
     if sa is None or sb is None or not fn:
         return None
     m, k = a._shape
+    n = b._shape[1] if bias is None else b._shape[0]
+    if config.SMALL_GEMM_MAX < m * n * k <= config.PAR_GEMM_MAX and not _opfn.READY[dt.code & 1]:
+        _opfn.ensure_products(dt.code & 1, True)    # (R._gemm_at may pick them: Note [parallel gemm])
     if bias is None:
-        return [2, fn, m, k, b._shape[1], a._addr, sa[0], sa[1], b._addr, sb[0], sb[1]]
-    n = b._shape[0]
+        return [2, fn, m, k, n, a._addr, sa[0], sa[1], b._addr, sb[0], sb[1]]
     if bias._n != n or bias.dim() not in (1, 2) or (bias.dim() == 2 and bias._shape[0] != 1):
         return None
     return [1, fn, m, k, n, a._addr, sa[0], sa[1], b._addr, sb[0], sb[1], bias._addr,
