@@ -66,9 +66,6 @@ def _kernel_hash():
     return h.hexdigest()[:12]
 
 
-#: where compiled kernels are cached: NUMBA_CACHE_DIR (or a default) / k<hash of kernel sources>.
-#: The environment is left as it is, so subprocesses find the same cache.
-CACHE_DIR = os.path.join(_cache_dir(), "k" + _kernel_hash())
 #: scipy.linalg's __init__ runs at its first use, not in the first backward() (Note [deferred
 #: scipy.linalg] in _deferred.py: 0.2-0.3 s of a fresh process); TAPEGRAD_DEFER_SCIPY_LINALG=0 keeps
 #: the plain import. Done before Numba is imported, whose first compile imports scipy.linalg.cython_blas.
@@ -78,6 +75,11 @@ if DEFER_SCIPY_LINALG:
     defer_scipy_linalg()
 import numba  # noqa: E402
 
+#: where compiled kernels are cached: NUMBA_CACHE_DIR (or a default) / k<hash of kernel sources>
+#: -t<threads> (Numba's thread count, a constant in kernels/smallgemm.py's par_gemm: the cache
+#: does not check the globals it froze). The environment is left as it is, so subprocesses find
+#: the same cache.
+CACHE_DIR = os.path.join(_cache_dir(), f"k{_kernel_hash()}-t{numba.config.NUMBA_NUM_THREADS}")
 numba.config.CACHE_DIR = CACHE_DIR
 #: processes that fill the cache at once lock its index and data files (Note [cache lock] in
 #: _cachelock.py: without it two of them can leave one variant's machine code under another's

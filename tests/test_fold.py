@@ -6,8 +6,8 @@ Every case runs three ways: tapegrad as it is (the fold where it applies), tapeg
 off (a no-op hook on each view keeps it), and PyTorch; each case also says whether the fold must
 happen, checked on the marks themselves. Folded and unfolded give the same bits: the small
 products' kernel computes each element of G.T x and of (x.T G).T as the same chain of fma
-(kernels/smallgemm.py's Note [small gemm]); BLAS, for products above config.SMALL_GEMM_MAX, does
-not promise that (OpenBLAS's dgemm differs at m=8 k=3 n=4), so those are compared to a few units
+(kernels/smallgemm.py's Note [small gemm], split over the threads or not); BLAS, for products
+above config.PAR_GEMM_MAX, does not promise that (OpenBLAS's dgemm differs at m=8 k=3 n=4), so those are compared to a few units
 in the last place. A captured step folds as its eager twin does (test_capture.py's
 rnn_transposed_adam is bit for bit)."""
 import numpy as np
@@ -259,12 +259,31 @@ def test_retain_graph_twice():
     np.testing.assert_array_equal(W.grad.numpy(), once + once)
 
 
-def test_fold_through_blas():
-    """Products above config.SMALL_GEMM_MAX go to BLAS: folded and unfolded agree to a few units in
-    the last place (and with torch)."""
+def test_fold_parallel_products_same_bits():
+    """Products above config.SMALL_GEMM_MAX, within the parallel range (kernels/smallgemm.py's Note
+    [parallel gemm]), split one thread's chains over the threads: folded and unfolded give the
+    same bits, and torch's values."""
     from tapegrad import config
     shapes = [(128, 128), (80, 128)]
-    assert 128 * 128 * 80 > config.SMALL_GEMM_MAX
+    assert config.SMALL_GEMM_MAX < 128 * 128 * 80 <= config.PAR_GEMM_MAX
+    for dtype in (np.float32, np.float64):
+        arrs = _data(6, shapes, dtype)
+        v1, g1, folded, _ = _tapegrad("single", arrs, True)
+        v0, g0, _, _ = _tapegrad("single", arrs, False)
+        assert folded == [True]
+        _, gt = _torch("single", arrs)
+        for a, b, c in zip(g1, g0, gt):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, c, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                                       atol=(1e-4 if dtype == np.float32 else 1e-10) * np.abs(c).max())
+
+
+def test_fold_through_blas():
+    """Products above config.PAR_GEMM_MAX go to BLAS: folded and unfolded agree to a few units in
+    the last place (and with torch)."""
+    from tapegrad import config
+    shapes = [(520, 512), (256, 512)]
+    assert 520 * 512 * 256 > config.PAR_GEMM_MAX
     for dtype in (np.float32, np.float64):
         arrs = _data(6, shapes, dtype)
         v1, g1, folded, _ = _tapegrad("single", arrs, True)

@@ -78,7 +78,7 @@ def test_pack_only_transposed_small_products():
     assert _pack(_descriptor(A, col.T), 0, np.empty(0, np.int64))[0] == 0      # n == 1
     big_a = np.zeros((256, 64), np.float32)
     big_w = np.zeros((64, 64), np.float32)
-    assert _pack(_descriptor(big_a, big_w.T), 0, np.empty(0, np.int64))[0] == 0  # past SMALL_GEMM_MAX (BLAS)
+    assert _pack(_descriptor(big_a, big_w.T), 0, np.empty(0, np.int64))[0] == 0  # past SMALL_GEMM_MAX (not packed)
 
 
 def test_slots_run_out_and_growth_keeps_packs():

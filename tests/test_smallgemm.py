@@ -16,7 +16,8 @@ from tapegrad import config
 from tapegrad.kernels import opfn
 from tapegrad.kernels import replay_cpu as R
 from tapegrad.kernels.blas import address
-from tapegrad.kernels.smallgemm import small_gemm_bt_f32, small_gemm_bt_f64, small_gemm_f32
+from tapegrad.kernels.smallgemm import (par_gemm_bt_f32, par_gemm_f32, small_gemm_bt_f32, small_gemm_bt_f64,
+                                       small_gemm_f32, small_gemm_f64)
 from tapegrad.ops.pyops import _gemm
 
 
@@ -200,3 +201,161 @@ def test_narrow_vectors_same_bits(tmp_path):
     got = np.load(tmp_path / "out.npz")
     for i, want in enumerate(here + bt):
         np.testing.assert_array_equal(got[f"arr_{i}"], want)
+
+
+# ----- Note [parallel gemm]: products above SMALL_GEMM_MAX, C's rows split over the threads -----
+
+#: (m, k, n) above SMALL_GEMM_MAX and within the parallel range: rows in whole blocks of 8 and not,
+#: fewer rows than a block per thread, columns left over from the vectors, whole vector blocks
+#: (the bt path's register transposes) and not
+PAR_SHAPES = [(10, 128, 256), (40, 100, 70), (33, 97, 130), (128, 64, 48), (200, 50, 30), (64, 300, 20),
+              (64, 96, 64), (128, 784, 32), (17, 16, 1000), (256, 16, 80), (16, 512, 64), (32, 256, 64)]
+
+
+@njit
+def _serial(A, B, C, acc, bt):
+    """C (+)= A B through one thread's small_gemm (B's rows contiguous) or small_gemm_bt (B = W.T)."""
+    isz = A.itemsize
+    m, k = A.shape
+    n = B.shape[1]
+    pa, pb, pc = np.int64(A.ctypes.data), np.int64(B.ctypes.data), np.int64(C.ctypes.data)
+    as0, as1 = A.strides[0] // isz, A.strides[1] // isz
+    if bt:
+        bs1 = B.strides[1] // isz
+        if isz == 4:
+            small_gemm_bt_f32(m, n, k, pa, as0, as1, pb, bs1, pc, acc)
+        else:
+            small_gemm_bt_f64(m, n, k, pa, as0, as1, pb, bs1, pc, acc)
+    else:
+        bs0 = B.strides[0] // isz
+        if isz == 4:
+            small_gemm_f32(m, n, k, pa, as0, as1, pb, bs0, pc, acc)
+        else:
+            small_gemm_f64(m, n, k, pa, as0, as1, pb, bs0, pc, acc)
+
+
+@njit
+def _parallel(A, B, C, acc, bt):
+    """C (+)= A B through par_gemm / par_gemm_bt (float32)."""
+    m, k = A.shape
+    n = B.shape[1]
+    pa, pb, pc = np.int64(A.ctypes.data), np.int64(B.ctypes.data), np.int64(C.ctypes.data)
+    as0, as1 = A.strides[0] // 4, A.strides[1] // 4
+    if bt:
+        par_gemm_bt_f32(m, n, k, pa, as0, as1, pb, B.strides[1] // 4, pc, acc)
+    else:
+        par_gemm_f32(m, n, k, pa, as0, as1, pb, B.strides[0] // 4, pc, acc)
+
+
+@pytest.mark.parametrize("m,k,n", PAR_SHAPES)
+@pytest.mark.parametrize("f64", [False, True])
+def test_parallel_products_have_one_threads_bits(m, k, n, f64):
+    """The replay's product in the parallel range (R.matmul_*, through _gemm_at's op function) gives
+    one thread's small_gemm bits, for A contiguous, transposed or a column slice and B with
+    contiguous rows or columns; and the float64 reference's values."""
+    assert config.SMALL_GEMM_MAX < m * n * k <= config.PAR_GEMM_MAX and k <= config.PAR_GEMM_K
+    dt = np.float64 if f64 else np.float32
+    rng = np.random.default_rng(m * 7 + k * 3 + n)
+    A0, B0 = rng.standard_normal((m, k)).astype(dt), rng.standard_normal((k, n)).astype(dt)
+    ref = A0.astype(np.float64) @ B0.astype(np.float64)
+    tol = 1e-5 if dt == np.float32 else 1e-13
+    for la in "cts":
+        for lb in "ct":
+            A, B = _layout(A0, la), _layout(B0, lb)
+            want = np.zeros((m, n), dt)
+            _serial(A, B, want, False, lb == "t")
+            got = _run(A, B, np.full((m, n), np.nan, dt))
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.sqrt(k) * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("m,k,n", PAR_SHAPES[:6])
+def test_parallel_accumulate_is_one_threads(m, k, n):
+    """C + A B (the backward's accumulation) split over the threads: one thread's bits, both paths."""
+    rng = np.random.default_rng(m + k + n)
+    A, B = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    C0 = rng.standard_normal((m, n)).astype(np.float32)
+    for bt, Bl in ((False, B), (True, _layout(B, "t"))):
+        want, got = C0.copy(), C0.copy()
+        _serial(A, Bl, want, True, bt)
+        _parallel(A, Bl, got, True, bt)
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, C0)
+
+
+@njit
+def _slot_of(PF, m, n, k):
+    return R._gemm_at(PF, m, n, k, np.int64(0))
+
+
+def test_gemm_at_gives_the_parallel_range_to_pgemm():
+    """_gemm_at's rule: small products and those past PAR_GEMM_MAX or PAR_GEMM_K call _gemm (BLAS for
+    the large ones), the rest _pgemm."""
+    opfn.ensure_products(0, True)
+    FT = opfn.FT
+    pf, small, par = FT.ctypes.data, FT[R.GEMM], FT[R.PGEMM]
+    assert small and par and small != par
+    S, P, K = config.SMALL_GEMM_MAX, config.PAR_GEMM_MAX, config.PAR_GEMM_K
+    cases = [((8, 8, 8), small), ((64, 64, 64), small), ((S // 64, 8, 8), small), ((S // 64 + 1, 8, 8), par),
+             ((128, 256, 784), par), ((P // (K * 4), 4, K), par), ((1, 64, K + 1), small), ((P // 4 + 1, 2, 2), small),
+             ((16, 256, 4096), small)]
+    for (m, n, k), want in cases:
+        assert _slot_of(pf, m, n, k) == want, (m, n, k)
+
+
+def test_numpy_helper_is_the_parallel_kernel():
+    """ops/pyops.py's _gemm (hooks, anomaly mode) computes a product in the parallel range as the
+    replay does, bit for bit; past PAR_GEMM_MAX it is NumPy's matmul."""
+    rng = np.random.default_rng(9)
+    A, B = rng.standard_normal((100, 64)).astype(np.float32), rng.standard_normal((64, 90)).astype(np.float32)
+    np.testing.assert_array_equal(_gemm(A, B), _run(A, B, np.empty((100, 90), np.float32)))
+    want = np.zeros((100, 90), np.float32)
+    _serial(A, B, want, False, False)
+    np.testing.assert_array_equal(_gemm(A, B), want)
+    big = rng.standard_normal((520, 512)).astype(np.float32), rng.standard_normal((512, 256)).astype(np.float32)
+    assert 520 * 512 * 256 > config.PAR_GEMM_MAX
+    np.testing.assert_array_equal(_gemm(*big), np.matmul(*big))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_hooked_parallel_product_same_bits(dtype):
+    """A hook on a product in the parallel range makes Python run its backward (the NumPy closure):
+    the replay's bits; and torch's values."""
+    rng = np.random.default_rng(10)
+    x, w = rng.standard_normal((64, 96)), rng.standard_normal((80, 96))
+    assert config.SMALL_GEMM_MAX < 64 * 96 * 80
+
+    def run(hook):
+        X = tg.tensor(x, dtype=getattr(tg, dtype), requires_grad=True)
+        W = tg.tensor(w, dtype=getattr(tg, dtype), requires_grad=True)
+        y = X @ W.T
+        if hook:
+            y.register_hook(lambda g: None)
+        (y.tanh() * 3).sum().backward()
+        return y.detach().numpy().copy(), X.grad.numpy().copy(), W.grad.numpy().copy()
+    plain, hooked = run(False), run(True)
+    for a, b in zip(plain, hooked):
+        np.testing.assert_array_equal(a, b)
+    torch = pytest.importorskip("torch")
+    X = torch.tensor(x, dtype=getattr(torch, dtype), requires_grad=True)
+    W = torch.tensor(w, dtype=getattr(torch, dtype), requires_grad=True)
+    y = X @ W.T
+    (y.tanh() * 3).sum().backward()
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for a, b in zip(plain, (y.detach().numpy(), X.grad.numpy(), W.grad.numpy())):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+
+
+def test_parallel_product_central_differences_float64():
+    """A product in the parallel range: its gradient against float64 central differences."""
+    rng = np.random.default_rng(11)
+    x, w, d = rng.standard_normal((70, 60)), rng.standard_normal((90, 60)), rng.standard_normal((90, 60))
+    assert config.SMALL_GEMM_MAX < 70 * 60 * 90
+
+    def loss(wv):
+        return float(np.sin(x @ wv.T).sum())
+    W = tg.tensor(w, dtype=tg.float64, requires_grad=True)
+    tg.sin(tg.tensor(x, dtype=tg.float64) @ W.T).sum().backward()
+    eps = 1e-6
+    fd = (loss(w + eps * d) - loss(w - eps * d)) / (2 * eps)
+    assert abs(float((W.grad.numpy() * d).sum()) - fd) < 1e-7 * max(1.0, abs(fd))
