@@ -7,8 +7,8 @@ off (a no-op hook on each view keeps it), and PyTorch; each case also says wheth
 happen, checked on the marks themselves. Folded and unfolded give the same bits: the small
 products' kernel computes each element of G.T x and of (x.T G).T as the same chain of fma
 (kernels/smallgemm.py's Note [small gemm], split over the threads or not); BLAS, for products
-above config.PAR_GEMM_MAX, does not promise that (OpenBLAS's dgemm differs at m=8 k=3 n=4), so those are compared to a few units
-in the last place. A captured step folds as its eager twin does (test_capture.py's
+above config.PAR_GEMM_MAX, does not promise that (OpenBLAS's dgemm differs at m=8 k=3 n=4), so
+those are compared to a few units in the last place. A captured step folds as its eager twin does (test_capture.py's
 rnn_transposed_adam is bit for bit)."""
 import numpy as np
 import pytest
