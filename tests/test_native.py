@@ -385,3 +385,25 @@ def test_rnn_cell_against_torch():
         # -0.0107115, torch -0.0107100, float64 -0.0107106), so plain parity at atol 1e-6 failed
         np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6 + np.abs(c - ref).max())
+
+
+@pytest.mark.parametrize("m,n", [(128, 256), (7, 10), (33, 1), (1, 40)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_linear_bias_grad_is_the_rows_sum_in_order(m, n, dtype):
+    """addmm's bias gradient: each column of G summed in float64, its rows in order, then rounded
+    once (the replay's loop, row by row since session 31); and its forward adds the bias once."""
+    rng = np.random.default_rng(m * 31 + n)
+    x = rng.standard_normal((m, 6)).astype(dtype)
+    w = rng.standard_normal((n, 6)).astype(dtype)
+    b = rng.standard_normal(n).astype(dtype)
+    C = rng.standard_normal((m, n)).astype(dtype)      # the loss (y * C).sum(): G = C exactly
+    lin = tg.nn.Linear(6, n, dtype=getattr(tg, dtype))
+    with tg.no_grad():
+        lin.weight.copy_(tg.tensor(w))
+        lin.bias.copy_(tg.tensor(b))
+    y = lin(tg.tensor(x))
+    (y * tg.tensor(C)).sum().backward()
+    want = np.cumsum(C.astype(np.float64), axis=0)[-1].astype(dtype)
+    np.testing.assert_array_equal(lin.bias.grad.numpy(), want)
+    plain = tg.tensor(x) @ tg.tensor(w).T
+    np.testing.assert_array_equal(y.detach().numpy(), plain.numpy() + b)

@@ -635,9 +635,14 @@ def _natf_prod_{{suf}}(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
         y = {{ptr}}(o)
         bb = {{ptr}}(d[11])
         bs = d[12]
-        for i in range(m):
-            for j in range(n):
-                y[i * n + j] += bb[j * bs]
+        if bs == 1:     # (the same sums, in a loop LLVM vectorizes: W2's 128 x 256, 14 -> 2.3 us)
+            for i in range(m):
+                for j in range(n):
+                    y[i * n + j] += bb[j]
+        else:
+            for i in range(m):
+                for j in range(n):
+                    y[i * n + j] += bb[j * bs]
 
 
 def _natb_prod_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
@@ -658,11 +663,12 @@ def _natb_prod_{{suf}}(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc): 
         if gb != 0:     # dbias += G summed over rows
             B = {{ptr}}(gb)
             G = {{ptr}}(gq)
+            S = np.zeros(n)     # each column's float64 sum, its rows in order, row by row: the
+            for i in range(m):  # sums of a column-by-column loop in a loop LLVM vectorizes (W2's
+                for j in range(n):  # 128 x 256: 28 -> 2.8 us)
+                    S[j] += G[i * n + j]
             for j in range(n):
-                s = 0.0
-                for i in range(m):
-                    s += G[i * n + j]
-                B[j] += s
+                B[j] += S[j]
     else:
         ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)

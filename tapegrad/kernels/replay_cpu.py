@@ -1984,9 +1984,14 @@ def _natf_prod_f32(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
         y = f32p(o)
         bb = f32p(d[11])
         bs = d[12]
-        for i in range(m):
-            for j in range(n):
-                y[i * n + j] += bb[j * bs]
+        if bs == 1:     # (the same sums, in a loop LLVM vectorizes: W2's 128 x 256, 14 -> 2.3 us)
+            for i in range(m):
+                for j in range(n):
+                    y[i * n + j] += bb[j]
+        else:
+            for i in range(m):
+                for j in range(n):
+                    y[i * n + j] += bb[j * bs]
 
 
 def _natb_prod_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
@@ -2007,11 +2012,12 @@ def _natb_prod_f32(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # p
         if gb != 0:     # dbias += G summed over rows
             B = f32p(gb)
             G = f32p(gq)
+            S = np.zeros(n)     # each column's float64 sum, its rows in order, row by row: the
+            for i in range(m):  # sums of a column-by-column loop in a loop LLVM vectorizes (W2's
+                for j in range(n):  # 128 x 256: 28 -> 2.8 us)
+                    S[j] += G[i * n + j]
             for j in range(n):
-                s = 0.0
-                for i in range(m):
-                    s += G[i * n + j]
-                B[j] += s
+                B[j] += S[j]
     else:
         ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
@@ -2692,9 +2698,14 @@ def _natf_prod_f64(pd, o, u2, PF, u4, u5, uc):  # pragma: no cover
         y = f64p(o)
         bb = f64p(d[11])
         bs = d[12]
-        for i in range(m):
-            for j in range(n):
-                y[i * n + j] += bb[j * bs]
+        if bs == 1:     # (the same sums, in a loop LLVM vectorizes: W2's 128 x 256, 14 -> 2.3 us)
+            for i in range(m):
+                for j in range(n):
+                    y[i * n + j] += bb[j]
+        else:
+            for i in range(m):
+                for j in range(n):
+                    y[i * n + j] += bb[j * bs]
 
 
 def _natb_prod_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # pragma: no cover
@@ -2715,11 +2726,12 @@ def _natb_prod_f64(pd, pp, o, gq, PG, PLA, PLS, PLN, base, PT, PE, PF, uc):  # p
         if gb != 0:     # dbias += G summed over rows
             B = f64p(gb)
             G = f64p(gq)
+            S = np.zeros(n)     # each column's float64 sum, its rows in order, row by row: the
+            for i in range(m):  # sums of a column-by-column loop in a loop LLVM vectorizes (W2's
+                for j in range(n):  # 128 x 256: 28 -> 2.8 us)
+                    S[j] += G[i * n + j]
             for j in range(n):
-                s = 0.0
-                for i in range(m):
-                    s += G[i * n + j]
-                B[j] += s
+                B[j] += S[j]
     else:
         ga = _grad_addr(p[0], PG, PLA, PLS, PLN, base)
         if ga != 0:     # dA (m x k) += G (m x n) B.T (n x k)
