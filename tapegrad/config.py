@@ -75,11 +75,21 @@ if DEFER_SCIPY_LINALG:
     defer_scipy_linalg()
 import numba  # noqa: E402
 
+#: threading layer of the parallel tile loops (workqueue unless NUMBA_THREADING_LAYER says otherwise).
+#: Workqueue's threads sleep between launches (a launch cost 63 us on a 2-core VM, session 31)
+#: and it is fork-safe. GNU OpenMP's launch costs 1.5 us, its idle workers spin a while, and a
+#: process forked from one that loaded it is terminated by Numba at its first parallel loop.
+THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
+#: the products of kernels/smallgemm.py's Note [parallel gemm] are split over the threads only
+#: with NUMBA_THREADING_LAYER=omp (workqueue's launches made the split slower than one thread);
+#: else BLAS keeps them, as before session 31
+PAR_GEMM = THREADING_LAYER == "omp"
 #: where compiled kernels are cached: NUMBA_CACHE_DIR (or a default) / k<hash of kernel sources>
 #: -t<threads> (Numba's thread count, a constant in kernels/smallgemm.py's par_gemm: the cache
-#: does not check the globals it froze). The environment is left as it is, so subprocesses find
+#: does not check the globals it froze) and -omp with PAR_GEMM (replay_cpu's _gemm_at reads it). The environment is left as it is, so subprocesses find
 #: the same cache.
-CACHE_DIR = os.path.join(_cache_dir(), f"k{_kernel_hash()}-t{numba.config.NUMBA_NUM_THREADS}")
+CACHE_DIR = os.path.join(_cache_dir(), f"k{_kernel_hash()}-t{numba.config.NUMBA_NUM_THREADS}"
+                         + ("-omp" if PAR_GEMM else ""))
 numba.config.CACHE_DIR = CACHE_DIR
 #: processes that fill the cache at once lock its index and data files (Note [cache lock] in
 #: _cachelock.py: without it two of them can leave one variant's machine code under another's
@@ -88,19 +98,13 @@ CACHE_LOCK = os.environ.get("TAPEGRAD_CACHE_LOCK", "1") not in ("", "0")
 if CACHE_LOCK:
     from ._cachelock import install as _install_cache_lock
     _install_cache_lock(_cache_dir())
-#: threading layer of the parallel tile loops and products (Note [parallel gemm] in
-#: kernels/smallgemm.py): OpenMP where Numba can load it, else workqueue. Workqueue's threads
-#: sleep between launches, and a launch cost 63 us on a 2-core VM against 1.5 us for OpenMP,
-#: whose idle workers spin a while instead (until session 31 workqueue was the default: the
-#: products were OpenBLAS's then, and its threads and OpenMP's spinning ones fought over both
-#: cores: numpy matmuls inside a training step ran 6-9x slower). The threads start here, at
-#: import, because cached code that calls a parallel loop links to the layer's symbols
-#: (``allocate_sched``: loaded from the cache before that, LLVM aborts the process).
-THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "default")
 numba.config.THREADING_LAYER = THREADING_LAYER
-numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
-from numba.np.ufunc.parallel import _launch_threads  # noqa: E402
-_launch_threads()
+if PAR_GEMM:
+    # cached code that calls a parallel loop from a function that is not one links to the
+    # layer's symbols (``allocate_sched``): loaded from the cache before the layer is, LLVM
+    # aborts the process. The op function _pgemm is such code, so the threads start here.
+    from numba.np.ufunc.parallel import _launch_threads
+    _launch_threads()
 
 #: keyword arguments for every CPU @njit in the package. error_model="numpy": IEEE results
 #: (inf/nan) instead of Python's ZeroDivisionError checks, which also means less code to compile.

@@ -251,8 +251,9 @@ def _parallel(A, B, C, acc, bt):
 @pytest.mark.parametrize("f64", [False, True])
 def test_parallel_products_have_one_threads_bits(m, k, n, f64):
     """The replay's product in the parallel range (R.matmul_*, through _gemm_at's op function) gives
-    one thread's small_gemm bits, for A contiguous, transposed or a column slice and B with
-    contiguous rows or columns; and the float64 reference's values."""
+    one thread's small_gemm bits with config.PAR_GEMM (NUMBA_THREADING_LAYER=omp: this module runs
+    once more that way, test_parallel_path_under_openmp), for A contiguous, transposed or a column
+    slice and B with contiguous rows or columns; and the float64 reference's values (BLAS's, without)."""
     assert config.SMALL_GEMM_MAX < m * n * k <= config.PAR_GEMM_MAX and k <= config.PAR_GEMM_K
     dt = np.float64 if f64 else np.float32
     rng = np.random.default_rng(m * 7 + k * 3 + n)
@@ -265,13 +266,15 @@ def test_parallel_products_have_one_threads_bits(m, k, n, f64):
             want = np.zeros((m, n), dt)
             _serial(A, B, want, False, lb == "t")
             got = _run(A, B, np.full((m, n), np.nan, dt))
-            np.testing.assert_array_equal(got, want)
+            if config.PAR_GEMM:
+                np.testing.assert_array_equal(got, want)
             np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.sqrt(k) * max(1.0, np.abs(ref).max()))
 
 
 @pytest.mark.parametrize("m,k,n", PAR_SHAPES[:6])
 def test_parallel_accumulate_is_one_threads(m, k, n):
-    """C + A B (the backward's accumulation) split over the threads: one thread's bits, both paths."""
+    """C + A B (the backward's accumulation) split over the threads (par_gemm called directly, under
+    whichever threading layer): one thread's bits, both paths."""
     rng = np.random.default_rng(m + k + n)
     A, B = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
     C0 = rng.standard_normal((m, n)).astype(np.float32)
@@ -290,11 +293,12 @@ def _slot_of(PF, m, n, k):
 
 def test_gemm_at_gives_the_parallel_range_to_pgemm():
     """_gemm_at's rule: small products and those past PAR_GEMM_MAX or PAR_GEMM_K call _gemm (BLAS for
-    the large ones), the rest _pgemm."""
-    opfn.ensure_products(0, True)
+    the large ones), the rest _pgemm; without config.PAR_GEMM, all of them _gemm."""
+    opfn.ensure_products(0, config.PAR_GEMM)
     FT = opfn.FT
-    pf, small, par = FT.ctypes.data, FT[R.GEMM], FT[R.PGEMM]
-    assert small and par and small != par
+    pf, small = FT.ctypes.data, FT[R.GEMM]
+    par = FT[R.PGEMM] if config.PAR_GEMM else small
+    assert small and par and (small != par) == config.PAR_GEMM
     S, P, K = config.SMALL_GEMM_MAX, config.PAR_GEMM_MAX, config.PAR_GEMM_K
     cases = [((8, 8, 8), small), ((64, 64, 64), small), ((S // 64, 8, 8), small), ((S // 64 + 1, 8, 8), par),
              ((128, 256, 784), par), ((P // (K * 4), 4, K), par), ((1, 64, K + 1), small), ((P // 4 + 1, 2, 2), small),
@@ -311,7 +315,8 @@ def test_numpy_helper_is_the_parallel_kernel():
     np.testing.assert_array_equal(_gemm(A, B), _run(A, B, np.empty((100, 90), np.float32)))
     want = np.zeros((100, 90), np.float32)
     _serial(A, B, want, False, False)
-    np.testing.assert_array_equal(_gemm(A, B), want)
+    if config.PAR_GEMM:
+        np.testing.assert_array_equal(_gemm(A, B), want)
     big = rng.standard_normal((520, 512)).astype(np.float32), rng.standard_normal((512, 256)).astype(np.float32)
     assert 520 * 512 * 256 > config.PAR_GEMM_MAX
     np.testing.assert_array_equal(_gemm(*big), np.matmul(*big))
@@ -359,3 +364,24 @@ def test_parallel_product_central_differences_float64():
     eps = 1e-6
     fd = (loss(w + eps * d) - loss(w - eps * d)) / (2 * eps)
     assert abs(float((W.grad.numpy() * d).sum()) - fd) < 1e-7 * max(1.0, abs(fd))
+
+
+def test_parallel_path_under_openmp():
+    """This module's parallel-range tests and test_fold's, in a process with
+    NUMBA_THREADING_LAYER=omp (config.PAR_GEMM: the products split over the threads); skipped
+    where Numba cannot load OpenMP."""
+    import os
+    import subprocess
+    import sys
+    probe = subprocess.run([sys.executable, "-c", "import numba.np.ufunc.omppool"], capture_output=True)
+    if probe.returncode:
+        pytest.skip("Numba's OpenMP threading layer does not load here")
+    here = os.path.dirname(__file__)
+    env = dict(os.environ, NUMBA_THREADING_LAYER="omp")
+    code = "import sys, pytest; from tapegrad import config; assert config.PAR_GEMM; sys.exit(pytest.main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", code, "-q", "-p", "no:cacheprovider", "-k", "parallel and not openmp",
+                        os.path.join(here, "test_smallgemm.py"), os.path.join(here, "test_fold.py")],
+                       env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and "skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
+

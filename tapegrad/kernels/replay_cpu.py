@@ -9,8 +9,8 @@ from numba import carray, njit
 
 from numba import prange
 
-from ..config import (NJIT, NJIT_INNER, NJIT_PARALLEL, PAR_GEMM_K, PAR_GEMM_MAX, PARALLEL_THRESHOLD, SMALL_GEMM_MAX,
-                      TILE)
+from ..config import (NJIT, NJIT_INNER, NJIT_PARALLEL, PAR_GEMM, PAR_GEMM_K, PAR_GEMM_MAX, PARALLEL_THRESHOLD,
+                      SMALL_GEMM_MAX, TILE)
 from ..ops.table import NCOL
 from . import elementwise as E
 from . import vmath as V
@@ -1310,9 +1310,9 @@ def _zero(addr, nbytes):  # pragma: no cover
 @njit(**NJIT_INNER)
 def _gemm_at(PF, m, n, k, dt):  # pragma: no cover
     """The address of the op function that computes an m x n x k product of dtype dt: _pgemm's
-    (FT[PGEMM + dt]) for those Note [parallel gemm] in kernels/smallgemm.py gives the threads,
-    else _gemm's. ops/pyops.py's _gemm_slots has both in the table before a record can need them."""
-    if SMALL_GEMM_MAX < m * n * k <= PAR_GEMM_MAX and k <= PAR_GEMM_K:
+    (FT[PGEMM + dt]) for those Note [parallel gemm] in kernels/smallgemm.py gives the threads
+    (with config.PAR_GEMM), else _gemm's. ops/pyops.py's _gemm_slots has both in the table before a record can need them."""
+    if PAR_GEMM and SMALL_GEMM_MAX < m * n * k <= PAR_GEMM_MAX and k <= PAR_GEMM_K:
         return i64p(PF)[PGEMM + dt]
     return i64p(PF)[GEMM + dt]
 

@@ -1156,8 +1156,9 @@ def _gemm(a, b, out=None):
         return np.matmul(a, b, out=out)
     o = out if out is not None and out.flags.c_contiguous and out.dtype == dt else np.empty((m, n), dt)
     code = 0 if isz == 4 else 1
-    if not _opfn.FT[_replay.GEMM + code] or (m * n * k > config.SMALL_GEMM_MAX and not _opfn.READY[code]):
-        _opfn.ensure_products(code, m * n * k > config.SMALL_GEMM_MAX)
+    par = config.PAR_GEMM and m * n * k > config.SMALL_GEMM_MAX
+    if not _opfn.FT[_replay.GEMM + code] or (par and not _opfn.READY[code]):
+        _opfn.ensure_products(code, par)
     mm = _replay.matmul_f32 if isz == 4 else _replay.matmul_f64
     mm(_opfn.FT.ctypes.data, _gemm_fn(D.from_numpy_dtype(dt)), m, n, k, a.ctypes.data, as0, as1, b.ctypes.data,
        bs0, bs1, o.ctypes.data)
@@ -1183,7 +1184,7 @@ def _mm_native(out, a, b, bias=None):
         return None
     m, k = a._shape
     n = b._shape[1] if bias is None else b._shape[0]
-    if config.SMALL_GEMM_MAX < m * n * k <= config.PAR_GEMM_MAX and not _opfn.READY[dt.code & 1]:
+    if config.PAR_GEMM and config.SMALL_GEMM_MAX < m * n * k <= config.PAR_GEMM_MAX and not _NAT_READY[dt.code & 1]:
         _opfn.ensure_products(dt.code & 1, True)    # (R._gemm_at may pick them: Note [parallel gemm])
     if bias is None:
         return [2, fn, m, k, n, a._addr, sa[0], sa[1], b._addr, sb[0], sb[1]]
