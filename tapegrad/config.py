@@ -86,8 +86,8 @@ THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
 PAR_GEMM = THREADING_LAYER == "omp"
 #: where compiled kernels are cached: NUMBA_CACHE_DIR (or a default) / k<hash of kernel sources>
 #: -t<threads> (Numba's thread count, a constant in kernels/smallgemm.py's par_gemm: the cache
-#: does not check the globals it froze) and -omp with PAR_GEMM (replay_cpu's _gemm_at reads it). The environment is left as it is, so subprocesses find
-#: the same cache.
+#: does not check the globals it froze) and -omp with PAR_GEMM (replay_cpu's _gemm_at reads it).
+#: The environment is left as it is, so subprocesses find the same cache.
 CACHE_DIR = os.path.join(_cache_dir(), f"k{_kernel_hash()}-t{numba.config.NUMBA_NUM_THREADS}"
                          + ("-omp" if PAR_GEMM else ""))
 numba.config.CACHE_DIR = CACHE_DIR

@@ -259,13 +259,9 @@ def test_retain_graph_twice():
     np.testing.assert_array_equal(W.grad.numpy(), once + once)
 
 
-def test_fold_parallel_products_same_bits():
-    """Products above config.SMALL_GEMM_MAX, within the parallel range (kernels/smallgemm.py's Note
-    [parallel gemm]), split one thread's chains over the threads: folded and unfolded give the
-    same bits, and torch's values."""
-    from tapegrad import config
-    shapes = [(128, 128), (80, 128)]
-    assert config.SMALL_GEMM_MAX < 128 * 128 * 80 <= config.PAR_GEMM_MAX
+def _fold_large(shapes, exact):
+    """The single-view case folded and not, both dtypes: the same bits when `exact`, else a few
+    units in the last place apart; torch's values either way."""
     for dtype in (np.float32, np.float64):
         arrs = _data(6, shapes, dtype)
         v1, g1, folded, _ = _tapegrad("single", arrs, True)
@@ -274,31 +270,30 @@ def test_fold_parallel_products_same_bits():
         _, gt = _torch("single", arrs)
         u = ULPS[dtype]
         for a, b, c in zip(g1, g0, gt):
-            if config.PAR_GEMM:
+            if exact:
                 np.testing.assert_array_equal(a, b)
-            else:   # BLAS keeps them (NUMBA_THREADING_LAYER=omp splits them: test_smallgemm runs this so)
+            else:
                 np.testing.assert_allclose(a, b, rtol=u, atol=u * np.abs(b).max())
             np.testing.assert_allclose(a, c, rtol=1e-4 if dtype == np.float32 else 1e-10,
                                        atol=(1e-4 if dtype == np.float32 else 1e-10) * np.abs(c).max())
+
+
+def test_fold_parallel_products_same_bits():
+    """Products above config.SMALL_GEMM_MAX, within the parallel range (kernels/smallgemm.py's Note
+    [parallel gemm]), split one thread's chains over the threads: folded and unfolded give the
+    same bits, and torch's values. Without config.PAR_GEMM BLAS keeps them (NUMBA_THREADING_LAYER=omp
+    splits them: test_smallgemm runs this test so)."""
+    from tapegrad import config
+    assert config.SMALL_GEMM_MAX < 128 * 128 * 80 <= config.PAR_GEMM_MAX
+    _fold_large([(128, 128), (80, 128)], config.PAR_GEMM)
 
 
 def test_fold_through_blas():
     """Products above config.PAR_GEMM_MAX go to BLAS: folded and unfolded agree to a few units in
     the last place (and with torch)."""
     from tapegrad import config
-    shapes = [(520, 512), (256, 512)]
     assert 520 * 512 * 256 > config.PAR_GEMM_MAX
-    for dtype in (np.float32, np.float64):
-        arrs = _data(6, shapes, dtype)
-        v1, g1, folded, _ = _tapegrad("single", arrs, True)
-        v0, g0, _, _ = _tapegrad("single", arrs, False)
-        assert folded == [True]
-        _, gt = _torch("single", arrs)
-        u = ULPS[dtype]
-        for a, b, c in zip(g1, g0, gt):
-            np.testing.assert_allclose(a, b, rtol=u, atol=u * np.abs(b).max())
-            np.testing.assert_allclose(a, c, rtol=1e-4 if dtype == np.float32 else 1e-10,
-                                       atol=(1e-4 if dtype == np.float32 else 1e-10) * np.abs(c).max())
+    _fold_large([(520, 512), (256, 512)], False)
 
 
 def test_captured_step_folds_as_eager():

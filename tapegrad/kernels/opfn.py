@@ -69,9 +69,7 @@ def ensure(op, dt):
     escape records' opcode): the native records' (ops/pyops.py's Note [native records]), and
     the products they call (FT[GEMM + dt]: Note [gemm by address] in kernels/gen_cpu.py)."""
     if op == 1:
-        _compile(R.GEMM + dt, ("_gemm_f32", "_gemm_f64")[dt], _SIG12)
-        if READY[dt]:
-            _compile(R.PGEMM + dt, ("_pgemm_f32", "_pgemm_f64")[dt], _SIG12)
+        ensure_products(dt, READY[dt])
         for kind in _KINDS:     # the kinds already made (their slots are empty if the table was)
             if READY[2 * kind + dt]:
                 ensure_native(kind, dt)
