@@ -75,14 +75,25 @@ if DEFER_SCIPY_LINALG:
     defer_scipy_linalg()
 import numba  # noqa: E402
 
-#: threading layer of the parallel tile loops (workqueue unless NUMBA_THREADING_LAYER says otherwise).
-#: Workqueue's threads sleep between launches (a launch cost 63 us on a 2-core VM, session 31)
-#: and it is fork-safe. GNU OpenMP's launch costs 1.5 us, its idle workers spin a while, and a
-#: process forked from one that loaded it is terminated by Numba at its first parallel loop.
-THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
+
+def _omp_loads():
+    """Whether Numba's OpenMP threading layer loads here (it needs libgomp)."""
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+#: threading layer of the parallel loops: NUMBA_THREADING_LAYER if set, else omp where Numba can
+#: load it, else workqueue. GNU OpenMP's launch costs 1.5 us on a 2-core VM, workqueue's 63 us
+#: (its threads sleep between launches; session 31). A child forked from a process using GNU
+#: OpenMP must not start a parallel loop: kernels/opfn.py's Note [forked children] keeps it on
+#: one thread, with the same bits.
+THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER") or ("omp" if _omp_loads() else "workqueue")
 #: the products of kernels/smallgemm.py's Note [parallel gemm] are split over the threads only
-#: with NUMBA_THREADING_LAYER=omp (workqueue's launches made the split slower than one thread);
-#: else BLAS keeps them, as before session 31
+#: with omp (workqueue's launches made the split slower than one thread); else BLAS keeps them,
+#: as before session 31
 PAR_GEMM = THREADING_LAYER == "omp"
 #: where compiled kernels are cached: NUMBA_CACHE_DIR (or a default) / k<hash of kernel sources>
 #: -t<threads> (Numba's thread count, a constant in kernels/smallgemm.py's par_gemm: the cache

@@ -281,8 +281,8 @@ def _fold_large(shapes, exact):
 def test_fold_parallel_products_same_bits():
     """Products above config.SMALL_GEMM_MAX, within the parallel range (kernels/smallgemm.py's Note
     [parallel gemm]), split one thread's chains over the threads: folded and unfolded give the
-    same bits, and torch's values. Without config.PAR_GEMM BLAS keeps them (NUMBA_THREADING_LAYER=omp
-    splits them: test_smallgemm runs this test so)."""
+    same bits, and torch's values. Without config.PAR_GEMM (a layer other than omp) BLAS keeps them
+    (test_smallgemm runs this test under the other layer too)."""
     from tapegrad import config
     assert config.SMALL_GEMM_MAX < 128 * 128 * 80 <= config.PAR_GEMM_MAX
     _fold_large([(128, 128), (80, 128)], config.PAR_GEMM)

@@ -252,8 +252,8 @@ def _parallel(A, B, C, acc, bt):
 @pytest.mark.parametrize("f64", [False, True])
 def test_parallel_products_have_one_threads_bits(m, k, n, f64):
     """The replay's product in the parallel range (R.matmul_*, through _gemm_at's op function) gives
-    one thread's small_gemm bits with config.PAR_GEMM (NUMBA_THREADING_LAYER=omp: this module runs
-    once more that way, test_parallel_path_under_openmp), for A contiguous, transposed or a column
+    one thread's small_gemm bits with config.PAR_GEMM (the omp layer: this module runs once more
+    under the other layer, test_parallel_path_under_the_other_layer), for A contiguous, transposed or a column
     slice and B with contiguous rows or columns; and the float64 reference's values (BLAS's, without)."""
     assert config.SMALL_GEMM_MAX < m * n * k <= config.PAR_GEMM_MAX and k <= config.PAR_GEMM_K
     dt = np.float64 if f64 else np.float32
@@ -352,22 +352,26 @@ def test_hooked_parallel_product_same_bits(dtype):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
 
 
-def test_parallel_path_under_openmp():
-    """This module's parallel-range tests and test_fold's, in a process with
-    NUMBA_THREADING_LAYER=omp (config.PAR_GEMM: the products split over the threads); skipped
-    where Numba cannot load OpenMP."""
+def test_parallel_path_under_the_other_layer():
+    """This module's parallel-range tests and test_fold's, in a process with the other threading
+    layer: workqueue when this one splits the products (config.PAR_GEMM, omp: BLAS keeps them
+    there), else omp (skipped where Numba cannot load OpenMP)."""
     import os
     import subprocess
     import sys
-    probe = subprocess.run([sys.executable, "-c", "import numba.np.ufunc.omppool"], capture_output=True)
-    if probe.returncode:
-        pytest.skip("Numba's OpenMP threading layer does not load here")
+    if config.PAR_GEMM:
+        layer = "workqueue"
+    else:
+        probe = subprocess.run([sys.executable, "-c", "import numba.np.ufunc.omppool"], capture_output=True)
+        if probe.returncode:
+            pytest.skip("Numba's OpenMP threading layer does not load here")
+        layer = "omp"
     here = os.path.dirname(__file__)
-    env = dict(os.environ, NUMBA_THREADING_LAYER="omp")
-    code = "import sys, pytest; from tapegrad import config; assert config.PAR_GEMM; sys.exit(pytest.main(sys.argv[1:]))"
-    r = subprocess.run([sys.executable, "-c", code, "-q", "-p", "no:cacheprovider", "-k", "parallel and not openmp",
+    env = dict(os.environ, NUMBA_THREADING_LAYER=layer)
+    code = ("import sys, pytest; from tapegrad import config; assert config.PAR_GEMM == (config.THREADING_LAYER "
+            f"== 'omp') != {config.PAR_GEMM}; sys.exit(pytest.main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "-q", "-p", "no:cacheprovider", "-k", "parallel and not other_layer",
                         os.path.join(here, "test_smallgemm.py"), os.path.join(here, "test_fold.py")],
                        env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and "skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
-

@@ -127,7 +127,8 @@ def forward_{{suf}}(T, F, E, FT, lo, hi, packs):  # pragma: no cover
 @njit(**NJIT)
 def fwd_run_{{suf}}(T, F, FT, r, hi):  # pragma: no cover
     """The run of large elementwise records that starts at r (forward_{{suf}} stopped there),
-    tile by tile; returns the index after it (-(r + 2): an op function is missing)."""
+    tile by tile (record by record on one thread with FT[SERIAL]); returns the index after it
+    (-(r + 2): an op function is missing)."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
     PF = addr_of(FT)
     e = r + 1
@@ -137,6 +138,10 @@ def fwd_run_{{suf}}(T, F, FT, r, hi):  # pragma: no cover
     for q in range(r, e):
         if i64p(PF)[(code[q] >> 5) * 4 + {{dt}} * 2] == 0:
             return -(r + 2)
+    if i64p(PF)[SERIAL] != 0:
+        for q in range(r, e):       # one thread, record by record: each element as the tiles compute it
+            _fwd_one_{{suf}}(code[q], out[q], a[q], b[q], c[q], np.int64(0), n[q], PF)
+        return e
     _fwd_tiles_{{suf}}(code, n, out, a, b, c, r, e, n[r], PF)
     return e
 
@@ -231,8 +236,8 @@ def backward_{{suf}}(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, bas
 @njit(**NJIT)
 def bwd_run_{{suf}}(T, F, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
     """The run of large elementwise records that ends at r (backward_{{suf}} stopped there), in
-    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it
-    (-(r + 2): an op function is missing, nothing has run)."""
+    reverse, tile by tile (in parallel unless an input is broadcast or FT[SERIAL] is set);
+    returns the index before it (-(r + 2): an op function is missing, nothing has run)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PF = addr_of(FT)
@@ -246,7 +251,7 @@ def bwd_run_{{suf}}(T, F, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r
             return -(r + 2)
     GA = np.zeros(r - s + 1, np.int64)
     GB = np.zeros(r - s + 1, np.int64)
-    par = True
+    par = i64p(PF)[SERIAL] == 0
     for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
         if gaddr[q] == 0 or (code[q] >> 5) == 0:
             continue
@@ -332,6 +337,15 @@ def _pgemm_{{suf}}(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pra
         par_gemm_{{suf}}(m, n, k, pa, as0, as1, pb, bs0, pc, acc == 1)
     else:
         par_gemm_bt_{{suf}}(m, n, k, pa, as0, as1, pb, bs1, pc, acc == 1)
+
+
+def _sgemm_{{suf}}(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
+    """_pgemm_{{suf}} on one thread (a forked child's: Note [forked children] in kernels/opfn.py):
+    the small products' kernel over all of C, the bits _pgemm_{{suf}}'s threads give; fn, uc: unused."""
+    if not _transposed_b(m, n, k, bs1):
+        small_gemm_{{suf}}(m, n, k, pa, as0, as1, pb, bs0, pc, acc == 1)
+    else:
+        small_gemm_bt_{{suf}}(m, n, k, pa, as0, as1, pb, bs1, pc, acc == 1)
 
 
 @njit(**NJIT)
@@ -916,7 +930,11 @@ def source():
             "#: Note [gemm by address]), those split over the threads FT[PGEMM + dtype] (op 0's too: Note\n" \
             "#: [parallel gemm] in kernels/smallgemm.py)\nGEMM, PGEMM = 0, 2\n" \
             "#: a native record of kind K runs FT[NAT + 4 K + 2 dtype + direction] (Note [native kinds])\n" \
-            "NAT = 128\n\n\n"
+            "NAT = 128\n" \
+            "#: FT[SERIAL] != 0: this process must start no parallel loop (a child forked from one that\n" \
+            "#: started GNU OpenMP's threads: Note [forked children] in kernels/opfn.py); tiles and\n" \
+            "#: products then run on one thread, with the same bits: _pgemm's products on FT[SGEMM + dtype]\n" \
+            "SGEMM, SERIAL = 250, 255\n\n\n"
     body += _op_functions(un + bi)
     body += f'''
 
@@ -951,9 +969,9 @@ def _zero(addr, nbytes):  # pragma: no cover
 def _gemm_at(PF, m, n, k, dt):  # pragma: no cover
     """The address of the op function that computes an m x n x k product of dtype dt: _pgemm's
     (FT[PGEMM + dt]) for those Note [parallel gemm] in kernels/smallgemm.py gives the threads
-    (with config.PAR_GEMM), else _gemm's. ops/pyops.py's _gemm_slots has both in the table before a record can need them."""
+    (with config.PAR_GEMM; _sgemm's, FT[SGEMM + dt], in a forked child), else _gemm's. ops/pyops.py's _gemm_slots has both in the table before a record can need them."""
     if PAR_GEMM and SMALL_GEMM_MAX < m * n * k <= PAR_GEMM_MAX and k <= PAR_GEMM_K:
-        return i64p(PF)[PGEMM + dt]
+        return i64p(PF)[(PGEMM if i64p(PF)[SERIAL] == 0 else SGEMM) + dt]
     return i64p(PF)[GEMM + dt]
 
 

@@ -10,6 +10,8 @@ record r whose function is 0; the tape then calls ``ensure_rows`` and resumes th
 function is a ``numba.cfunc`` cached on disk (config.CFUNC): compiled once per machine, loaded from the
 cache after that (a few ms). Only the ops a program uses are compiled.
 """
+import os
+
 import numba
 import numpy as np
 from numba import types
@@ -61,6 +63,7 @@ def ensure_products(dt, par):
     _compile(R.GEMM + dt, ("_gemm_f32", "_gemm_f64")[dt], _SIG12)
     if par:
         _compile(R.PGEMM + dt, ("_pgemm_f32", "_pgemm_f64")[dt], _SIG12)
+        _compile(R.SGEMM + dt, ("_sgemm_f32", "_sgemm_f64")[dt], _SIG12)   # a forked child's
         READY[dt] = 1
 
 
@@ -89,3 +92,26 @@ def ensure_rows(codes, stopped=0):
     sel = (ops >= lo) & (ops <= hi)
     for key in np.unique(ops[sel] * 2 + (codes[sel] & 1)).tolist():
         ensure(key >> 1, key & 1)
+
+
+# Note [forked children]
+# ~~~~~~~~~~~~~~~~~~~~~~
+# GNU OpenMP is not fork-safe: a child forked from a process that started its threads cannot run
+# a parallel region (its thread pool is the parent's), and Numba's omp layer terminates such a
+# child at its first parallel loop ("Terminating: fork() called from a process already using
+# GNU OpenMP"). With config.THREADING_LAYER "omp" (the default where Numba can load it), a fork
+# handler sets FT[SERIAL] in every child (grandchildren inherit it). Its replays then call no
+# parallel loop: a run of large elementwise records goes record by record (fwd_run_*), the
+# backward's tiles in order (bwd_run_*), the tape does not fuse a backward (fused_* is a parallel
+# loop), and _gemm_at gives the parallel range's products to _sgemm_* (FT[SGEMM + dtype]: one
+# thread's small_gemm, compiled beside _pgemm_* in the parent, so that the child compiles
+# nothing). Every element is the same chain of operations as on the threads, so the child
+# computes its parent's bits, on one thread. (Workqueue, the default before session 32, starts
+# its threads again in a child, and TBB is fork-safe: no flag for them.)
+
+def _forked():
+    FT[R.SERIAL] = 1
+
+
+if config.THREADING_LAYER == "omp" and hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)

@@ -28,6 +28,10 @@ SUM, MEAN = 31, 32
 GEMM, PGEMM = 0, 2
 #: a native record of kind K runs FT[NAT + 4 K + 2 dtype + direction] (Note [native kinds])
 NAT = 128
+#: FT[SERIAL] != 0: this process must start no parallel loop (a child forked from one that
+#: started GNU OpenMP's threads: Note [forked children] in kernels/opfn.py); tiles and
+#: products then run on one thread, with the same bits: _pgemm's products on FT[SGEMM + dtype]
+SGEMM, SERIAL = 250, 255
 
 
 def _op2_fwd_f32(px, pz, po, n, sx, sz, c):  # pragma: no cover (neg)
@@ -1311,9 +1315,9 @@ def _zero(addr, nbytes):  # pragma: no cover
 def _gemm_at(PF, m, n, k, dt):  # pragma: no cover
     """The address of the op function that computes an m x n x k product of dtype dt: _pgemm's
     (FT[PGEMM + dt]) for those Note [parallel gemm] in kernels/smallgemm.py gives the threads
-    (with config.PAR_GEMM), else _gemm's. ops/pyops.py's _gemm_slots has both in the table before a record can need them."""
+    (with config.PAR_GEMM; _sgemm's, FT[SGEMM + dt], in a forked child), else _gemm's. ops/pyops.py's _gemm_slots has both in the table before a record can need them."""
     if PAR_GEMM and SMALL_GEMM_MAX < m * n * k <= PAR_GEMM_MAX and k <= PAR_GEMM_K:
-        return i64p(PF)[PGEMM + dt]
+        return i64p(PF)[(PGEMM if i64p(PF)[SERIAL] == 0 else SGEMM) + dt]
     return i64p(PF)[GEMM + dt]
 
 
@@ -1476,7 +1480,8 @@ def forward_f32(T, F, E, FT, lo, hi, packs):  # pragma: no cover
 @njit(**NJIT)
 def fwd_run_f32(T, F, FT, r, hi):  # pragma: no cover
     """The run of large elementwise records that starts at r (forward_f32 stopped there),
-    tile by tile; returns the index after it (-(r + 2): an op function is missing)."""
+    tile by tile (record by record on one thread with FT[SERIAL]); returns the index after it
+    (-(r + 2): an op function is missing)."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
     PF = addr_of(FT)
     e = r + 1
@@ -1486,6 +1491,10 @@ def fwd_run_f32(T, F, FT, r, hi):  # pragma: no cover
     for q in range(r, e):
         if i64p(PF)[(code[q] >> 5) * 4 + 0 * 2] == 0:
             return -(r + 2)
+    if i64p(PF)[SERIAL] != 0:
+        for q in range(r, e):       # one thread, record by record: each element as the tiles compute it
+            _fwd_one_f32(code[q], out[q], a[q], b[q], c[q], np.int64(0), n[q], PF)
+        return e
     _fwd_tiles_f32(code, n, out, a, b, c, r, e, n[r], PF)
     return e
 
@@ -1580,8 +1589,8 @@ def backward_f32(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
 @njit(**NJIT)
 def bwd_run_f32(T, F, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
     """The run of large elementwise records that ends at r (backward_f32 stopped there), in
-    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it
-    (-(r + 2): an op function is missing, nothing has run)."""
+    reverse, tile by tile (in parallel unless an input is broadcast or FT[SERIAL] is set);
+    returns the index before it (-(r + 2): an op function is missing, nothing has run)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PF = addr_of(FT)
@@ -1595,7 +1604,7 @@ def bwd_run_f32(T, F, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo
             return -(r + 2)
     GA = np.zeros(r - s + 1, np.int64)
     GB = np.zeros(r - s + 1, np.int64)
-    par = True
+    par = i64p(PF)[SERIAL] == 0
     for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
         if gaddr[q] == 0 or (code[q] >> 5) == 0:
             continue
@@ -1681,6 +1690,15 @@ def _pgemm_f32(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma:
         par_gemm_f32(m, n, k, pa, as0, as1, pb, bs0, pc, acc == 1)
     else:
         par_gemm_bt_f32(m, n, k, pa, as0, as1, pb, bs1, pc, acc == 1)
+
+
+def _sgemm_f32(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
+    """_pgemm_f32 on one thread (a forked child's: Note [forked children] in kernels/opfn.py):
+    the small products' kernel over all of C, the bits _pgemm_f32's threads give; fn, uc: unused."""
+    if not _transposed_b(m, n, k, bs1):
+        small_gemm_f32(m, n, k, pa, as0, as1, pb, bs0, pc, acc == 1)
+    else:
+        small_gemm_bt_f32(m, n, k, pa, as0, as1, pb, bs1, pc, acc == 1)
 
 
 @njit(**NJIT)
@@ -2190,7 +2208,8 @@ def forward_f64(T, F, E, FT, lo, hi, packs):  # pragma: no cover
 @njit(**NJIT)
 def fwd_run_f64(T, F, FT, r, hi):  # pragma: no cover
     """The run of large elementwise records that starts at r (forward_f64 stopped there),
-    tile by tile; returns the index after it (-(r + 2): an op function is missing)."""
+    tile by tile (record by record on one thread with FT[SERIAL]); returns the index after it
+    (-(r + 2): an op function is missing)."""
     code, n, out, a, b, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], F[:, 8]
     PF = addr_of(FT)
     e = r + 1
@@ -2200,6 +2219,10 @@ def fwd_run_f64(T, F, FT, r, hi):  # pragma: no cover
     for q in range(r, e):
         if i64p(PF)[(code[q] >> 5) * 4 + 1 * 2] == 0:
             return -(r + 2)
+    if i64p(PF)[SERIAL] != 0:
+        for q in range(r, e):       # one thread, record by record: each element as the tiles compute it
+            _fwd_one_f64(code[q], out[q], a[q], b[q], c[q], np.int64(0), n[q], PF)
+        return e
     _fwd_tiles_f64(code, n, out, a, b, c, r, e, n[r], PF)
     return e
 
@@ -2294,8 +2317,8 @@ def backward_f64(T, F, E, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, h
 @njit(**NJIT)
 def bwd_run_f64(T, F, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo):  # pragma: no cover
     """The run of large elementwise records that ends at r (backward_f64 stopped there), in
-    reverse, tile by tile (in parallel unless an input is broadcast); returns the index before it
-    (-(r + 2): an op function is missing, nothing has run)."""
+    reverse, tile by tile (in parallel unless an input is broadcast or FT[SERIAL] is set);
+    returns the index before it (-(r + 2): an op function is missing, nothing has run)."""
     code, n, out, a, b, pa, pb, c = T[:, 0], T[:, 1], T[:, 2], T[:, 3], T[:, 4], T[:, 5], T[:, 6], F[:, 8]
     PG, PLA, PLS, PLN = addr_of(gaddr), addr_of(leaf_addr), addr_of(leaf_state), addr_of(leaf_nbytes)
     PF = addr_of(FT)
@@ -2309,7 +2332,7 @@ def bwd_run_f64(T, F, FT, gaddr, leaf_addr, leaf_state, leaf_nbytes, base, r, lo
             return -(r + 2)
     GA = np.zeros(r - s + 1, np.int64)
     GB = np.zeros(r - s + 1, np.int64)
-    par = True
+    par = i64p(PF)[SERIAL] == 0
     for q in range(r, s - 1, -1):   # resolve (and zero fresh leaf) gradient buffers first
         if gaddr[q] == 0 or (code[q] >> 5) == 0:
             continue
@@ -2395,6 +2418,15 @@ def _pgemm_f64(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma:
         par_gemm_f64(m, n, k, pa, as0, as1, pb, bs0, pc, acc == 1)
     else:
         par_gemm_bt_f64(m, n, k, pa, as0, as1, pb, bs1, pc, acc == 1)
+
+
+def _sgemm_f64(fn, m, n, k, pa, as0, as1, pb, bs0, bs1, pc, acc, uc):  # pragma: no cover
+    """_pgemm_f64 on one thread (a forked child's: Note [forked children] in kernels/opfn.py):
+    the small products' kernel over all of C, the bits _pgemm_f64's threads give; fn, uc: unused."""
+    if not _transposed_b(m, n, k, bs1):
+        small_gemm_f64(m, n, k, pa, as0, as1, pb, bs0, pc, acc == 1)
+    else:
+        small_gemm_bt_f64(m, n, k, pa, as0, as1, pb, bs1, pc, acc == 1)
 
 
 @njit(**NJIT)

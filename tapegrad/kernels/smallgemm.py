@@ -47,11 +47,13 @@ thread; split over two, 234 us (219 GFLOP/s) against OpenBLAS's 304 us on two. W
 products (batch 128, 784-256-256-10) took 809 us this way, 951 us in NumPy's OpenBLAS and 912
 in torch's. Where it loses, BLAS keeps the product: k = 4096 with B's rows contiguous ran at
 4 GFLOP/s (PAR_GEMM_K), and above PAR_GEMM_MAX the unblocked kernel falls behind (2048x64x2048:
-71 against 137 GFLOP/s). The split needs the OpenMP threading layer, so it is opt-in
-(NUMBA_THREADING_LAYER=omp, config.PAR_GEMM; else BLAS keeps these products): a workqueue
-launch cost 63 us here and the two halves ran slower than one thread (595 us against 442); an
-OpenMP launch costs 1.5 us, but GNU OpenMP is not fork-safe (Numba terminates a forked child at
-its first parallel loop), and TBB, which is, ran W2's products in 966-1114 us against 810. The op function is ``_pgemm_*`` (FT[PGEMM], called
+71 against 137 GFLOP/s). The split needs the OpenMP threading layer (config.PAR_GEMM: the
+default where Numba loads it since session 32; with another layer BLAS keeps these products):
+a workqueue launch cost 63 us here and the two halves ran slower than one thread (595 us
+against 442); an OpenMP launch costs 1.5 us. GNU OpenMP is not fork-safe (Numba terminates a
+forked child at its first parallel loop), so a forked child runs them on one thread, ``_sgemm_*``,
+the same bits (kernels/opfn.py's Note [forked children]). TBB, which is fork-safe, ran W2's
+products in 966-1114 us against 810. The op function is ``_pgemm_*`` (FT[PGEMM], called
 through replay_cpu's ``_gemm_at``), compiled when a record of such a product is made
 (opfn.ensure_products): with the parallel loops compiled into ``_gemm_*``, a cold first W5a
 step, all small products, took 8.1 s instead of 5.0.

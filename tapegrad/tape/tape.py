@@ -921,6 +921,7 @@ class Tape:
         span[0] = lo - base
         if (len(roots) == 1 and root == self.next_index - 1 and 0 < root - self.flushed <= _FUSE_MAX
                 and not (retain_graph or leaves or only or capture)
+                and not _opfn.FT[R.SERIAL]     # (fused_* is a parallel loop: Note [forked children])
                 and (struct.unpack_from("<q", self.buf, (root - base) * ROW)[0] >> 5) in _REDUCE):
             plan = self._fusion_plan(root, need)
             if plan is not None:
