@@ -302,7 +302,10 @@ class Optimizer:
                         continue
                     s = p._slot
                     if s >= 0 and ls[s]:
-                        p.grad = None
+                        if p._gradt is None:
+                            ls[s] = 0      # what `p.grad = None` does here (replayed_whole: nothing logged)
+                        else:
+                            p.grad = None
             return
         c = self._rows()
         if TAPE.flushed < TAPE.next_index:
