@@ -335,7 +335,8 @@ def _git_revision():
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
                              capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here,
+        # (untracked files do not count: the run's own results, written workload by workload)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -374,6 +375,10 @@ def machine_info():
             info[dist] = None
     if "tapegrad" in sys.modules:
         info["tapegrad"] = getattr(sys.modules["tapegrad"], "__version__", "unknown")
+        cfg = sys.modules.get("tapegrad.config")
+        if cfg is not None:      # the layer tapegrad chose (Numba reports its own only after a parallel loop ran)
+            info["tapegrad_threading_layer"] = getattr(cfg, "THREADING_LAYER", None)
+            info["tapegrad_par_gemm"] = getattr(cfg, "PAR_GEMM", None)
     if "torch" in sys.modules:
         info["torch_threads"] = sys.modules["torch"].get_num_threads()
     if "numba" in sys.modules:
