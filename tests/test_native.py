@@ -407,3 +407,64 @@ def test_linear_bias_grad_is_the_rows_sum_in_order(m, n, dtype):
     np.testing.assert_array_equal(lin.bias.grad.numpy(), want)
     plain = tg.tensor(x) @ tg.tensor(w).T
     np.testing.assert_array_equal(y.detach().numpy(), plain.numpy() + b)
+
+
+# Note [first write] (kernels/gen_cpu.py): a product's backward that first reaches a fresh leaf
+# writes its gradient instead of zeroing it and adding. Shapes: a small product, one in the
+# parallel range, one past PAR_GEMM_MAX (BLAS, beta 0).
+_FIRST_WRITE_SHAPES = [(5, 7, 3), (64, 96, 80), (300, 256, 900)]
+
+
+def _first_write_grads(form, m, k, n, dtype, start):
+    """Gradients of x and W for the product `form` after one backward, the leaves' grads
+    starting as `start`: None (fresh: the first write), "zeros" (accumulated into zeros),
+    "stale" (None after an earlier backward left other values in the buffers)."""
+    rng = np.random.default_rng(m + k + n)
+    dt = getattr(tg, dtype)
+    x = tg.tensor(rng.standard_normal((m, k)), dtype=dt, requires_grad=True)
+    wshape = (n, k) if form in ("linear", "x@W.T") else (k, n)
+    w = tg.tensor(rng.standard_normal(wshape), dtype=dt, requires_grad=True)
+    b = tg.tensor(rng.standard_normal(n), dtype=dt, requires_grad=True)
+
+    def loss():
+        y = F.linear(x, w, b) if form == "linear" else x @ w.T if form == "x@W.T" else x @ w
+        return (y * y).sum() if form != "linear" else (y.tanh() * 2).sum()
+    if start == "stale":
+        (loss() * 3).backward()
+        x.grad = w.grad = b.grad = None
+    elif start == "zeros":
+        x.grad, w.grad = tg.zeros_like(x), tg.zeros_like(w)
+    loss().backward()
+    return x.grad.numpy().copy(), w.grad.numpy().copy()
+
+
+@pytest.mark.parametrize("m,k,n", _FIRST_WRITE_SHAPES)
+@pytest.mark.parametrize("form", ["linear", "x@W.T", "x@W"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_first_write_of_a_fresh_leaf_has_the_accumulated_bits(m, k, n, form, dtype):
+    """A fresh leaf's gradient (written by the product) has the bits of the same gradient added
+    into zeros, including after a backward left other values in the buffer; and NumPy's values."""
+    fresh = _first_write_grads(form, m, k, n, dtype, None)
+    zeros = _first_write_grads(form, m, k, n, dtype, "zeros")
+    stale = _first_write_grads(form, m, k, n, dtype, "stale")
+    uint = np.uint32 if dtype == "float32" else np.uint64
+    for a, z, s in zip(fresh, zeros, stale):
+        np.testing.assert_array_equal(a.view(uint), z.view(uint))
+        np.testing.assert_array_equal(a.view(uint), s.view(uint))
+    rng = np.random.default_rng(m + k + n)
+    X = rng.standard_normal((m, k))
+    W = rng.standard_normal((n, k) if form in ("linear", "x@W.T") else (k, n))
+    B = rng.standard_normal(n)
+    if form == "linear":
+        Y = X @ W.T + B
+        G = 2 * (1 - np.tanh(Y) ** 2)
+        want = (G @ W, G.T @ X)
+    elif form == "x@W.T":
+        G = 2 * (X @ W.T)
+        want = (G @ W, G.T @ X)
+    else:
+        G = 2 * (X @ W)
+        want = (G @ W.T, X.T @ G)
+    tol = 2e-3 if dtype == "float32" else 1e-9
+    for a, w_ in zip(fresh, want):
+        np.testing.assert_allclose(a, w_, rtol=tol, atol=tol * np.abs(w_).max())

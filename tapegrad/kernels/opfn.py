@@ -62,6 +62,12 @@ def ensure_products(dt, par):
     products does not compile the parallel loops (5.0 s against 8.1 s, session 31)."""
     _compile(R.GEMM + dt, ("_gemm_f32", "_gemm_f64")[dt], _SIG12)
     if par:
+        # cached code that calls a parallel loop from a function that is not one links to the
+        # layer's symbols: loaded before the layer is up, LLVM aborts the process ("Symbol not
+        # found: allocate_sched"). config starts omp's threads at import; any other layer
+        # (tests ask for these functions under workqueue) starts here. Idempotent, cheap.
+        from numba.np.ufunc.parallel import _launch_threads
+        _launch_threads()
         _compile(R.PGEMM + dt, ("_pgemm_f32", "_pgemm_f64")[dt], _SIG12)
         _compile(R.SGEMM + dt, ("_sgemm_f32", "_sgemm_f64")[dt], _SIG12)   # a forked child's
         READY[dt] = 1
