@@ -1315,7 +1315,8 @@ def _zero(addr, nbytes):  # pragma: no cover
 def _gemm_at(PF, m, n, k, dt):  # pragma: no cover
     """The address of the op function that computes an m x n x k product of dtype dt: _pgemm's
     (FT[PGEMM + dt]) for those Note [parallel gemm] in kernels/smallgemm.py gives the threads
-    (with config.PAR_GEMM; _sgemm's, FT[SGEMM + dt], in a forked child), else _gemm's. ops/pyops.py's _gemm_slots has both in the table before a record can need them."""
+    (with config.PAR_GEMM; _sgemm's, FT[SGEMM + dt], in a forked child), else _gemm's.
+    opfn.ensure_products puts them in the table before a record can need them."""
     if PAR_GEMM and SMALL_GEMM_MAX < m * n * k <= PAR_GEMM_MAX and k <= PAR_GEMM_K:
         return i64p(PF)[(PGEMM if i64p(PF)[SERIAL] == 0 else SGEMM) + dt]
     return i64p(PF)[GEMM + dt]
